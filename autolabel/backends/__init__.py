@@ -1,0 +1,50 @@
+"""The backend registry: a plain dict of names to lazy builders, open to plugins.
+
+Entries are import strings so that `autolabel --help` never imports torch. Third-party packages
+add backends through the `autolabel.backends` entry-point group, pointing at a Backend subclass.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+
+from autolabel.errors import AutolabelError
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    name: str
+    target: str  # "module:Class"
+    description: str
+    default_model: str | None = None
+    default_mask_model: str | None = None
+
+
+BUILTIN_BACKENDS: dict[str, BackendSpec] = {}
+
+DEFAULT_BACKEND = "vlm-sam"
+
+
+def register(spec: BackendSpec) -> None:
+    BUILTIN_BACKENDS[spec.name] = spec
+
+
+def available_backends() -> dict[str, BackendSpec]:
+    """Built-ins plus every installed plugin's backends (plugins cannot shadow built-ins)."""
+    found = dict(BUILTIN_BACKENDS)
+    for ep in entry_points(group="autolabel.backends"):
+        found.setdefault(ep.name, BackendSpec(ep.name, ep.value, f"plugin from {ep.dist.name if ep.dist else '?'}"))
+    return found
+
+
+def backend_class(name: str):
+    specs = available_backends()
+    if name not in specs:
+        raise AutolabelError(f"unknown backend {name!r}; available: {', '.join(sorted(specs)) or 'none'}")
+    module, _, attr = specs[name].target.partition(":")
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except ImportError as e:
+        raise AutolabelError(f"backend {name!r} cannot be imported: {e}") from None

@@ -1,0 +1,88 @@
+"""The backend interface: load a model once, then answer batches of requests."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from autolabel.groups import ImageGroup
+from autolabel.prediction import Rejection
+from autolabel.templates import RenderedPrompt
+
+
+@dataclass
+class Request:
+    """One group x template: the decoded images (RGB uint8 HxWx3) and the rendered prompt."""
+
+    key: str
+    group: ImageGroup
+    images: list[np.ndarray]
+    prompt: RenderedPrompt
+
+
+@dataclass
+class TargetMask:
+    """A grounded target with its full-resolution boolean mask on image `image` (0-based)."""
+
+    image: int
+    label: str
+    category: str
+    phrase: str
+    mask: np.ndarray
+    score: float
+    round: int = 0
+
+
+@dataclass
+class TurnAnswer:
+    question: str
+    answer: str
+    masks: list[TargetMask] = field(default_factory=list)
+    rejected: list[Rejection] = field(default_factory=list)
+
+
+@dataclass
+class Answer:
+    turns: list[TurnAnswer]
+
+
+@dataclass
+class BackendOptions:
+    """What `autolabel run` passes to a backend; backends ignore options they do not use."""
+
+    model: str | None = None
+    mask_model: str | None = None
+    device: str | None = None
+    dtype: str | None = None
+    max_new_tokens: int = 512
+    trust_remote_code: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Backend(ABC):
+    """Subclass, set `name` and `default_model`, and register it (see backends/__init__.py)."""
+
+    name: ClassVar[str]
+    default_model: ClassVar[str | None] = None
+
+    def __init__(self, options: BackendOptions):
+        self.options = options
+
+    @property
+    def model_id(self) -> str:
+        return self.options.model or self.default_model or self.name
+
+    def model_info(self) -> dict[str, Any]:
+        """Provenance written to run.json: ids, revisions, anything needed to reproduce."""
+        return {"model": self.model_id}
+
+    @abstractmethod
+    def predict(self, requests: list[Request]) -> list[Answer]:
+        """One answer per request, in order. Raise to fail the batch; the engine then retries
+        each request alone so a bad group fails by itself."""
+
+    def close(self) -> None:
+        """Free model memory; called once at the end of a run."""

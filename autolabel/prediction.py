@@ -1,0 +1,120 @@
+"""The central record: one prediction line per (group x template x model) in predictions.jsonl.
+
+Every later step (export, push, eval) reads these records, so their JSON form is a contract
+(see DESIGN.md): change it only in ways old readers survive.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from autolabel.masks import decode_rle, encode_rle, rle_bbox
+
+Status = Literal["ok", "error"]
+
+
+@dataclass
+class Segment:
+    """One grounded object: a mask on image `image` (0-based index into the group's images)."""
+
+    image: int
+    label: str
+    category: str
+    phrase: str
+    rle: dict
+    bbox: list[float]
+    score: float
+    round: int = 0
+
+    @classmethod
+    def from_mask(cls, mask: np.ndarray, *, image: int, label: str, category: str, phrase: str,
+                  score: float, round: int = 0) -> Segment:
+        rle = encode_rle(mask)
+        return cls(image=image, label=label, category=category, phrase=phrase, rle=rle,
+                   bbox=rle_bbox(rle), score=float(score), round=round)
+
+    def mask(self) -> np.ndarray:
+        return decode_rle(self.rle)
+
+
+@dataclass
+class Rejection:
+    """A target the model judged absent from the group (GSVA's [REJ]), with its reason."""
+
+    label: str
+    category: str
+    phrase: str = ""
+    reason: str = ""
+    image: int | None = None
+    round: int = 0
+
+
+@dataclass
+class Turn:
+    """One question of a template and what the model answered to it."""
+
+    question: str
+    answer: str = ""
+    segments: list[Segment] = field(default_factory=list)
+    rejected: list[Rejection] = field(default_factory=list)
+
+
+@dataclass
+class ImageInfo:
+    file: str
+    width: int | None = None
+    height: int | None = None
+
+
+@dataclass
+class Prediction:
+    key: str
+    group_id: str
+    images: list[ImageInfo]
+    template: str
+    template_hash: str
+    model: str
+    backend: str
+    turns: list[Turn] = field(default_factory=list)
+    status: Status = "ok"
+    error: dict | None = None  # {"stage": ..., "message": ..., "file": ...}
+    timings: dict[str, float] = field(default_factory=dict)
+    variables: dict[str, str] = field(default_factory=dict)
+    category: str = ""  # the template's reasoning category (functional, spatial, ...)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"), ensure_ascii=False)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Prediction:
+        turns = [
+            Turn(question=t["question"], answer=t.get("answer", ""),
+                 segments=[Segment(**s) for s in t.get("segments", [])],
+                 rejected=[Rejection(**r) for r in t.get("rejected", [])])
+            for t in d.get("turns", [])
+        ]
+        return cls(
+            key=d["key"], group_id=d["group_id"], images=[ImageInfo(**i) for i in d["images"]],
+            template=d["template"], template_hash=d["template_hash"], model=d["model"],
+            backend=d.get("backend", ""), turns=turns, status=d.get("status", "ok"),
+            error=d.get("error"), timings=d.get("timings", {}), variables=d.get("variables", {}),
+            category=d.get("category", ""),
+        )
+
+    @property
+    def explanation(self) -> str:
+        """The model's text answers, turn by turn: what COCO attributes and reviewers see."""
+        return "\n".join(t.answer for t in self.turns if t.answer)
+
+    def segments(self):
+        for t in self.turns:
+            yield from t.segments
+
+
+def prediction_key(group_id: str, template: str, model: str) -> str:
+    """The resume key: a group, a template and a model are labelled once."""
+    return f"{group_id}|{template}|{model}"
