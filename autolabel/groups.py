@@ -53,3 +53,15 @@ class ImageGroup:
     root: Path
     images: tuple[ImageRef, ...]
     variables: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BadGroup:
+    """A group the source could not build (a refused path, a manifest line that does not parse).
+
+    The engine records it as an error line; nothing is dropped silently.
+    """
+
+    id: str
+    file: str
+    reason: str

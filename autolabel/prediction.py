@@ -68,6 +68,7 @@ class ImageInfo:
     file: str
     width: int | None = None
     height: int | None = None
+    id: int | None = None  # the image id of an input COCO file, kept for exports
 
 
 @dataclass

@@ -1,0 +1,148 @@
+"""The run directory: predictions.jsonl (append-only, the single source of truth) and run.json.
+
+Lines are flushed per batch; a torn last line after a crash is cut off on resume. A key can
+appear more than once (a retried failure, `--overwrite`): the last line wins for every reader.
+Shards (`--shard I/N`) and Ray workers write their own `predictions.<name>.jsonl` beside it so
+several writers can share one directory; readers take all of them.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from autolabel.errors import AutolabelError
+from autolabel.prediction import Prediction
+
+PREDICTIONS = "predictions.jsonl"
+RUN_INFO = "run.json"
+
+
+def prediction_files(run_dir: Path) -> list[Path]:
+    """All prediction files of a run dir, the unsharded one first, then shards by name."""
+    main = run_dir / PREDICTIONS
+    shards = sorted(p for p in run_dir.glob("predictions.*.jsonl") if p != main)
+    return ([main] if main.exists() else []) + shards
+
+
+def _iter_lines(path: Path) -> Iterator[tuple[int, dict]]:
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            if not raw.strip():
+                continue
+            try:
+                yield lineno, json.loads(raw)
+            except json.JSONDecodeError:
+                if not raw.endswith(b"\n"):
+                    return  # a torn last line: the writer died mid-write; resume repairs it
+                raise AutolabelError(f"{path}:{lineno}: not a valid prediction line") from None
+
+
+def scan_status(run_dirs: Iterable[Path]) -> dict[str, str]:
+    """key -> status of its last line, reading only what resume and reports need."""
+    status: dict[str, str] = {}
+    for run_dir in run_dirs:
+        for path in prediction_files(Path(run_dir)):
+            for _, d in _iter_lines(path):
+                status[d["key"]] = d.get("status", "ok")
+    return status
+
+
+def read_predictions(run_dirs: Iterable[Path]) -> Iterator[Prediction]:
+    """Every key's last prediction, streamed in file order (memory: one int per key)."""
+    run_dirs = [Path(r) for r in run_dirs]
+    for r in run_dirs:
+        if not r.is_dir():
+            raise AutolabelError(f"{r}: not a run directory")
+        if not prediction_files(r):
+            raise AutolabelError(f"{r}: no {PREDICTIONS} in this run directory")
+    last: dict[str, tuple[int, int]] = {}
+    files = [p for r in run_dirs for p in prediction_files(r)]
+    for fi, path in enumerate(files):
+        for lineno, d in _iter_lines(path):
+            last[d["key"]] = (fi, lineno)
+    for fi, path in enumerate(files):
+        for lineno, d in _iter_lines(path):
+            if last.get(d["key"]) == (fi, lineno):
+                try:
+                    yield Prediction.from_dict(d)
+                except (KeyError, TypeError) as e:
+                    raise AutolabelError(f"{path}:{lineno}: prediction line missing or bad field: {e}") from None
+
+
+def read_run_info(run_dir: Path) -> dict:
+    """run.json merged over every writer of the directory (shards write run.<name>.json)."""
+    info: dict = {}
+    for path in [run_dir / RUN_INFO, *sorted(run_dir.glob("run.*.json"))]:
+        if path.exists():
+            try:
+                data = json.loads(path.read_text())
+            except json.JSONDecodeError as e:
+                raise AutolabelError(f"{path}: not valid JSON: {e}") from None
+            for k, v in data.items():
+                if isinstance(v, dict) and isinstance(info.get(k), dict):
+                    info[k] = {**info[k], **v}
+                else:
+                    info.setdefault(k, v)
+    return info
+
+
+class PredictionWriter:
+    """Appends prediction lines to one file under an exclusive lock; one writer per file."""
+
+    def __init__(self, run_dir: Path, name: str | None = None):
+        self.run_dir = run_dir
+        run_dir.mkdir(parents=True, exist_ok=True)
+        suffix = f".{name}" if name else ""
+        self.path = run_dir / f"predictions{suffix}.jsonl"
+        self.info_path = run_dir / f"run{suffix}.json"
+        self._lock = open(run_dir / f".lock{suffix}", "w")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock.close()
+            raise AutolabelError(f"{run_dir}: another autolabel run is writing here "
+                                 f"(lock {self._lock.name}); wait for it or use another --out") from None
+        self._repair_torn_tail()
+        self._file = self.path.open("a", encoding="utf-8")
+
+    def _repair_torn_tail(self) -> None:
+        if not self.path.exists() or self.path.stat().st_size == 0:
+            return
+        with self.path.open("rb+") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - 1))
+            if f.read(1) == b"\n":
+                return
+            # cut back to the last complete line
+            pos = size
+            while pos > 0:
+                step = min(65536, pos)
+                f.seek(pos - step)
+                chunk = f.read(step)
+                nl = chunk.rfind(b"\n")
+                if nl >= 0:
+                    f.truncate(pos - step + nl + 1)
+                    return
+                pos -= step
+            f.truncate(0)
+
+    def write(self, predictions: Iterable[Prediction]) -> None:
+        """Append and flush to disk: a batch survives a crash right after this returns."""
+        self._file.write("".join(p.to_json() + "\n" for p in predictions))
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def write_info(self, info: dict) -> None:
+        tmp = self.info_path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(info, indent=2, ensure_ascii=False))
+        tmp.replace(self.info_path)
+
+    def close(self) -> None:
+        self._file.close()
+        fcntl.flock(self._lock, fcntl.LOCK_UN)
+        self._lock.close()
