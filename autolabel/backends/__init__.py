@@ -40,11 +40,16 @@ def available_backends() -> dict[str, BackendSpec]:
 
 
 def backend_class(name: str):
+    """The Backend class for a registered name, or for an import string `package.module:Class`."""
     specs = available_backends()
-    if name not in specs:
+    if name in specs:
+        target = specs[name].target
+    elif ":" in name:
+        target = name
+    else:
         raise AutolabelError(f"unknown backend {name!r}; available: {', '.join(sorted(specs)) or 'none'}")
-    module, _, attr = specs[name].target.partition(":")
+    module, _, attr = target.partition(":")
     try:
         return getattr(importlib.import_module(module), attr)
-    except ImportError as e:
-        raise AutolabelError(f"backend {name!r} cannot be imported: {e}") from None
+    except (ImportError, AttributeError) as e:
+        raise AutolabelError(f"backend {name!r} cannot be imported from {target!r}: {e}") from None

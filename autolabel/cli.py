@@ -1,0 +1,221 @@
+"""The `autolabel` command: a thin typer layer over the library.
+
+Heavy libraries (torch, transformers, fiftyone) are imported inside the commands that use them,
+so `--help`, `prompts`, `export` and a rerun with nothing left to do start fast.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from autolabel import __version__
+from autolabel.errors import AutolabelError
+
+app = typer.Typer(
+    name="autolabel",
+    help="Label image groups with pixel masks by multi-image reasoning (VLM + SAM), export COCO RLE.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+export_app = typer.Typer(help="Write predictions as COCO JSON or PNG masks.", no_args_is_help=True)
+prompts_app = typer.Typer(help="List, show and render prompt templates.", no_args_is_help=True)
+app.add_typer(export_app, name="export")
+app.add_typer(prompts_app, name="prompts")
+
+
+def _console(stderr: bool = False):
+    from rich.console import Console
+
+    return Console(stderr=stderr)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"autolabel {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[Optional[bool], typer.Option("--version", callback=_version, is_eager=True,
+                                                          help="Print the version and exit.")] = None) -> None:
+    """Label image groups with pixel masks by multi-image reasoning.
+
+    Exit codes: 0 all groups done, 1 some groups failed (listed), 2 usage or configuration error.
+    """
+
+
+# -- run ------------------------------------------------------------------------------------
+@app.command()
+def run(
+    input: Annotated[Optional[Path], typer.Argument(help="Folder of group folders, flat folder (with --group-by), "
+                                                         "JSONL/CSV manifest, COCO JSON, or one image.",
+                                                    show_default=False)] = None,
+    prompt: Annotated[Optional[list[str]], typer.Option("--prompt", "-p", help="Template name or YAML file; "
+                                                        "repeat for several.  [default: ontology]")] = None,
+    backend: Annotated[Optional[str], typer.Option(help="Backend name (see `autolabel models`) or "
+                                                        "module:Class.  [default: vlm-sam]")] = None,
+    model: Annotated[Optional[str], typer.Option(help="Hub id or local dir of the reasoning model.  "
+                                                      "[default: the backend's]")] = None,
+    mask_model: Annotated[Optional[str], typer.Option(help="SAM-family mask model: hub id, dir or "
+                                                           "segment-anything .pth.")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run directory.  [default: runs/latest]")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Groups per model call.  [default: 4]")] = None,
+    shard: Annotated[Optional[str], typer.Option(help="Take slice I of N (0 <= I < N), e.g. 0/4.")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="Label at most N groups.")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Redo groups already done.")] = False,
+    manifest: Annotated[Optional[Path], typer.Option(help="JSONL/CSV manifest of groups.")] = None,
+    group_by: Annotated[Optional[str], typer.Option(help="Regex with a named group `key` that groups "
+                                                         "a flat folder's files.")] = None,
+    var: Annotated[Optional[list[str]], typer.Option("--var", help="Template variable KEY=VALUE; repeatable.")] = None,
+    device: Annotated[Optional[str], typer.Option(help="cuda, cuda:1, cpu.  [default: cuda if available]")] = None,
+    dtype: Annotated[Optional[str], typer.Option(help="bf16, fp16, fp32.  [default: bf16 on CUDA, fp32 on CPU]")] = None,
+    max_new_tokens: Annotated[Optional[int], typer.Option(help="Cap on generated tokens per turn.  [default: 512]")] = None,
+    trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code",
+                                                    help="Allow model repos to run their own code.")] = False,
+    allow_outside_root: Annotated[bool, typer.Option("--allow-outside-root",
+                                                     help="Allow image paths outside the input root.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar (for CI logs).")] = False,
+    config: Annotated[Optional[Path], typer.Option(help="YAML run file with the same options; flags win.")] = None,
+) -> None:
+    """Label every group of INPUT with each --prompt template, writing RUN_DIR/predictions.jsonl.
+
+    Reruns skip groups already done (group x template x model) and retry failed ones.
+    """
+    from autolabel.config import load_run_config
+
+    flags = dict(input=input, prompt=prompt, backend=backend, model=model, mask_model=mask_model, out=out,
+                 batch_size=batch_size, shard=shard, limit=limit, overwrite=overwrite, manifest=manifest,
+                 group_by=group_by, var=var, device=device, dtype=dtype, max_new_tokens=max_new_tokens,
+                 trust_remote_code=trust_remote_code, allow_outside_root=allow_outside_root, quiet=quiet)
+    cfg = load_run_config(config, flags)
+    from autolabel.engine import Engine
+    from autolabel.progress import RichProgress
+
+    err = _console(stderr=True)
+    summary = Engine(cfg, RichProgress(err, enabled=not cfg.quiet)).run()
+    from autolabel.progress import print_summary
+
+    print_summary(err, summary, cfg.out)
+    raise typer.Exit(summary.exit_code)
+
+
+# -- export ---------------------------------------------------------------------------------
+@export_app.command("coco")
+def export_coco(
+    run_dirs: Annotated[list[Path], typer.Argument(help="One or more run directories (shards merge).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="COCO JSON file to write.")],
+    polygons: Annotated[bool, typer.Option("--polygons", help="Write masks as polygons (all parts) "
+                                                               "instead of compressed RLE.")] = False,
+    min_score: Annotated[float, typer.Option(help="Drop masks scored below this.")] = 0.0,
+) -> None:
+    """Write COCO JSON: compressed RLE, ids from 1, area and bbox from the mask, explanations."""
+    from autolabel.exporters.coco import export_coco as _export
+
+    stats = _export(list(run_dirs), output, polygons=polygons, min_score=min_score)
+    _console(stderr=True).print(f"wrote {output}: {stats}")
+
+
+@export_app.command("masks")
+def export_masks(
+    run_dir: Annotated[list[Path], typer.Argument(help="Run directory (several merge).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for PNGs and legend.json.")],
+) -> None:
+    """Write one instance-indexed PNG per image plus legend.json."""
+    from autolabel.exporters.masks import export_masks as _export
+
+    stats = _export(list(run_dir), output)
+    _console(stderr=True).print(f"wrote {output}: {stats}")
+
+
+# -- prompts --------------------------------------------------------------------------------
+@prompts_app.command("list")
+def prompts_list() -> None:
+    """List the built-in templates."""
+    from rich.table import Table
+
+    from autolabel.templates import builtin_templates
+
+    table = Table("name", "category", "turns", "description")
+    for t in builtin_templates():
+        table.add_row(t.name, t.category, str(len(t.turns)), t.description.strip().splitlines()[0] if t.description else "")
+    _console().print(table)
+
+
+@prompts_app.command("show")
+def prompts_show(template: Annotated[str, typer.Argument(help="Template name or YAML file.")]) -> None:
+    """Print a template's YAML and its content hash."""
+    import yaml
+
+    from autolabel.templates import load_template
+
+    t = load_template(template)
+    typer.echo(f"# {t.name}  hash {t.content_hash}")
+    typer.echo(yaml.safe_dump(t.model_dump(mode="json", exclude_defaults=True), sort_keys=False, allow_unicode=True))
+
+
+@prompts_app.command("render")
+def prompts_render(
+    template: Annotated[str, typer.Argument(help="Template name or YAML file.")],
+    group_dir: Annotated[Path, typer.Argument(help="A folder of images: one group.")],
+    var: Annotated[Optional[list[str]], typer.Option("--var", help="KEY=VALUE; repeatable.")] = None,
+) -> None:
+    """Print exactly what a model would receive for one group."""
+    from autolabel.config import RunConfig
+    from autolabel.prompt_view import render_for_group
+
+    variables = RunConfig._parse_vars(var or [])
+    typer.echo(render_for_group(template, group_dir, variables))
+
+
+# -- environment ----------------------------------------------------------------------------
+@app.command()
+def doctor() -> None:
+    """Report Python, torch/CUDA, library versions, cached checkpoints and MongoDB availability."""
+    from autolabel import doctor as _doctor
+
+    checks = _doctor.collect()
+    _console().print(_doctor.render(checks))
+
+
+@app.command()
+def models() -> None:
+    """List backends, their default checkpoints, and which are present locally."""
+    from rich.table import Table
+
+    from autolabel.backends import available_backends
+    from autolabel.doctor import cached_models
+
+    cached = cached_models()
+    table = Table("backend", "default model", "default mask model", "description")
+    for spec in available_backends().values():
+        def mark(model_id: str | None) -> str:
+            if not model_id:
+                return "-"
+            return f"{model_id} [green](cached)[/]" if model_id in cached else f"{model_id} [yellow](not cached)[/]"
+        table.add_row(spec.name, mark(spec.default_model), mark(spec.default_mask_model), spec.description)
+    _console().print(table)
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except AutolabelError as e:
+        _console(stderr=True).print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        sys.exit(130)
+    except Exception as e:  # click usage errors
+        import click
+
+        if isinstance(e, click.ClickException):
+            e.show()
+            sys.exit(2)
+        raise

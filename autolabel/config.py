@@ -1,0 +1,114 @@
+"""Run options: one pydantic model fed by a YAML run file and by flags (flags win)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from autolabel.errors import AutolabelError
+
+
+class RunConfig(BaseModel):
+    """Everything `autolabel run` needs; field names match the long flags (dashes -> underscores)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input: Path
+    prompt: list[str] = Field(default_factory=lambda: ["ontology"], min_length=1)
+    backend: str = "vlm-sam"
+    model: str | None = None
+    mask_model: str | None = None
+    out: Path = Path("runs/latest")
+    batch_size: int = Field(4, ge=1)
+    shard: tuple[int, int] | None = None
+    limit: int | None = Field(None, ge=1)
+    overwrite: bool = False
+    manifest: Path | None = None
+    group_by: str | None = None
+    var: dict[str, str] = Field(default_factory=dict)
+    device: str | None = None
+    dtype: str | None = None
+    max_new_tokens: int = Field(512, ge=1)
+    trust_remote_code: bool = False
+    allow_outside_root: bool = False
+    max_pixels: int = Field(178_956_970, ge=1)
+    decode_workers: int = Field(4, ge=1)
+    quiet: bool = False
+
+    @field_validator("shard", mode="before")
+    @classmethod
+    def _parse_shard(cls, v: Any) -> Any:
+        if v is None or isinstance(v, (tuple, list)):
+            return v
+        m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(v))
+        if not m:
+            raise ValueError("must look like I/N, e.g. 0/4 (shards are numbered from 0)")
+        i, n = int(m[1]), int(m[2])
+        if n < 1 or not 0 <= i < n:
+            raise ValueError(f"{v!r}: need 0 <= I < N")
+        return (i, n)
+
+    @field_validator("var", mode="before")
+    @classmethod
+    def _parse_vars(cls, v: Any) -> Any:
+        if isinstance(v, (list, tuple)):
+            out = {}
+            for item in v:
+                key, eq, value = str(item).partition("=")
+                if not eq or not key.strip():
+                    raise ValueError(f"{item!r} must be KEY=VALUE")
+                out[key.strip()] = value
+            return out
+        if isinstance(v, dict):
+            return {str(k): ", ".join(map(str, x)) if isinstance(x, list) else str(x) for k, x in v.items()}
+        return v
+
+    @field_validator("prompt", mode="before")
+    @classmethod
+    def _one_or_many(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+    @property
+    def shard_name(self) -> str | None:
+        return f"shard-{self.shard[0]}-of-{self.shard[1]}" if self.shard else None
+
+
+def load_run_config(config_file: Path | None, flags: dict[str, Any]) -> RunConfig:
+    """Merge a YAML run file with the flags that were given (None means 'not given')."""
+    data: dict[str, Any] = {}
+    if config_file is not None:
+        try:
+            loaded = yaml.safe_load(Path(config_file).read_text(encoding="utf-8")) or {}
+        except FileNotFoundError:
+            raise AutolabelError(f"{config_file}: run config file not found") from None
+        except yaml.YAMLError as e:
+            raise AutolabelError(f"{config_file}: not valid YAML: {e}") from None
+        if not isinstance(loaded, dict):
+            raise AutolabelError(f"{config_file}: a run config must be a YAML mapping of option: value")
+        data = {k.replace("-", "_"): v for k, v in loaded.items()}
+        if "prompts" in data and "prompt" not in data:
+            data["prompt"] = data.pop("prompts")
+        base = Path(config_file).parent
+        for key in ("input", "out", "manifest"):  # paths in a run file are relative to it
+            if isinstance(data.get(key), str) and not Path(data[key]).is_absolute():
+                data[key] = str(base / data[key])
+    given = {k: v for k, v in flags.items() if v is not None and v != [] and v is not False}
+    if "var" in given and "var" in data:
+        merged = RunConfig._parse_vars(data["var"])
+        merged.update(RunConfig._parse_vars(given.pop("var")))
+        data["var"] = merged
+    data.update(given)
+    where = str(config_file) if config_file else "options"
+    if "input" not in data:
+        raise AutolabelError("missing INPUT: give a folder, manifest or COCO file (or `input:` in --config)")
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        field = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        flag = "--" + field.split(".")[0].replace("_", "-")
+        raise AutolabelError(f"{where}: {flag}: {err['msg']}") from None

@@ -1,0 +1,70 @@
+"""Progress and the end-of-run summary, rendered with rich on stderr."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress as _RichProgress, TextColumn, TimeElapsedColumn, \
+    TimeRemainingColumn
+
+from autolabel.engine import Progress, RunSummary
+
+
+class RichProgress(Progress):
+    """Groups done of total, groups/s, images/s, failures and ETA; silent with `--quiet`."""
+
+    def __init__(self, console: Console, enabled: bool = True):
+        self.console = console
+        self.enabled = enabled
+        self._bar: _RichProgress | None = None
+        self._task = None
+        self._images = 0
+        self._failed = 0
+
+    def start(self, total_groups: int | None) -> None:
+        if not self.enabled:
+            return
+        self._bar = _RichProgress(
+            TextColumn("[bold]labelling"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[rates]}"), TextColumn("[red]{task.fields[failed]}"),
+            TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+            console=self.console, transient=False,
+        )
+        self._bar.start()
+        self._task = self._bar.add_task("groups", total=total_groups, rates="", failed="")
+
+    def advance(self, groups: int, images: int, failed: int) -> None:
+        if self._bar is None:
+            return
+        self._images += images
+        self._failed += failed
+        task = self._bar.tasks[0]
+        elapsed = max(task.elapsed or 0.0, 1e-6)
+        done = task.completed + groups
+        self._bar.update(self._task, advance=groups,
+                         rates=f"{done / elapsed:.2f} groups/s {self._images / elapsed:.1f} img/s",
+                         failed=f"{self._failed} failed" if self._failed else "")
+
+    def stop(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+
+
+def print_summary(console: Console, summary: RunSummary, out: Path, max_listed: int = 50) -> None:
+    """The counts, then every failed group with its reason (capped, with the rest counted)."""
+    console.print(
+        f"groups {summary.groups}  images {summary.images}  labelled {summary.done}  "
+        f"already done {summary.already_done}  failed {len(summary.failed)}  "
+        f"skipped files {len(summary.skipped_files)}  in {summary.wall_s:.1f}s -> {out}",
+        highlight=False,
+    )
+    for file, reason in summary.skipped_files[:max_listed]:
+        console.print(f"  skipped {file}: {reason}", highlight=False, markup=False)
+    if summary.failed:
+        console.print(f"[red]{len(summary.failed)} failed:[/]")
+        for key, reason in summary.failed[:max_listed]:
+            console.print(f"  {key}: {reason}", highlight=False, markup=False)
+        if len(summary.failed) > max_listed:
+            console.print(f"  ... and {len(summary.failed) - max_listed} more (status \"error\" in predictions*.jsonl)")

@@ -1,0 +1,57 @@
+"""Test doubles. They live under tests/ only and are never a backend users can pick."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+
+from autolabel.backends.base import Answer, Backend, BackendOptions, Request, TargetMask, TurnAnswer
+from autolabel.prediction import Rejection
+
+
+class BoxBackend(Backend):
+    """Answers every turn with one deterministic box-shaped mask per image per ontology entry.
+
+    A group whose id contains "boom" raises (failure isolation); the env var
+    AUTOLABEL_TEST_SLEEP slows each batch down (kill-and-resume tests).
+    """
+
+    name = "test-box"
+    default_model = "test/box-v1"
+    instances: list[BoxBackend] = []
+
+    def __init__(self, options: BackendOptions):
+        super().__init__(options)
+        self.calls: list[int] = []
+        BoxBackend.instances.append(self)
+
+    def predict(self, requests: list[Request]) -> list[Answer]:
+        self.calls.append(len(requests))
+        if any("boom" in r.group.id for r in requests):
+            raise RuntimeError("exploded on purpose")
+        delay = float(os.environ.get("AUTOLABEL_TEST_SLEEP", "0"))
+        if delay:
+            time.sleep(delay)
+        return [self._answer(r) for r in requests]
+
+    def _answer(self, request: Request) -> Answer:
+        ontology = request.prompt.ontology or {"thing": "thing"}
+        turns = []
+        for round_, turn in enumerate(request.prompt.turns):
+            masks, rejected = [], []
+            for k, (phrase, category) in enumerate(ontology.items()):
+                if k == 2:  # every third entry is judged absent
+                    rejected.append(Rejection(label=phrase, category=category, phrase=phrase,
+                                              reason="not in any image", round=round_))
+                    continue
+                for i, px in enumerate(request.images):
+                    h, w = px.shape[:2]
+                    mask = np.zeros((h, w), bool)
+                    mask[h // 4 + k: h // 2 + k, w // 4: w // 2 + round_] = True
+                    masks.append(TargetMask(image=i, label=phrase, category=category, phrase=f"the {phrase}",
+                                            mask=mask, score=0.9 - 0.1 * k, round=round_))
+            turns.append(TurnAnswer(question=turn.text, answer=f"found {len(masks)} objects", masks=masks,
+                                    rejected=rejected))
+        return Answer(turns)

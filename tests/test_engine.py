@@ -1,0 +1,184 @@
+"""Engine + store: streaming, batching, failure isolation, resume, shards, locks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import make_groups
+from doubles import BoxBackend
+
+from autolabel.config import RunConfig
+from autolabel.engine import Engine, shard_of
+from autolabel.errors import AutolabelError
+from autolabel.store import PredictionWriter, read_predictions, scan_status
+
+TEMPLATE = """
+name: pets
+category: multi-target
+turns:
+  - "Segment {{ targets }} in the {{ num_images }} images."
+  - "Now the one next to it."
+variables:
+  targets: {default: "cat, dog, bird"}
+ontology: "{{ targets }}"
+"""
+
+
+@pytest.fixture
+def template(tmp_path: Path) -> str:
+    path = tmp_path / "pets.yaml"
+    path.write_text(TEMPLATE)
+    return str(path)
+
+
+def run(input: Path, out: Path, template: str, **kw) -> tuple[Engine, object]:
+    cfg = RunConfig(input=input, out=out, prompt=[template], backend="doubles:BoxBackend", quiet=True, **kw)
+    engine = Engine(cfg)
+    return engine, engine.run()
+
+
+def lines(out: Path) -> list[dict]:
+    return [json.loads(x) for p in sorted(out.glob("predictions*.jsonl")) for x in p.read_text().splitlines()]
+
+
+def test_run_writes_one_prediction_per_group_and_template(groups_dir, tmp_path, template):
+    out = tmp_path / "run"
+    engine, summary = run(groups_dir, out, template, batch_size=4)
+    assert summary.exit_code == 0 and summary.done == 6 and summary.groups == 6 and summary.images == 12
+    preds = list(read_predictions([out]))
+    assert [p.group_id for p in preds] == [f"g{g:03d}" for g in range(6)]
+    p = preds[0]
+    assert p.key == "g000|pets|test/box-v1" and p.status == "ok" and p.template == "pets"
+    assert [(i.file, i.width, i.height) for i in p.images] == [("g000/img1.png", 40, 32), ("g000/img2.png", 48, 32)]
+    assert len(p.turns) == 2 and p.turns[0].question == "Segment cat, dog, bird in the 2 images."
+    seg = p.turns[0].segments[0]
+    assert seg.rle["size"] == [32, 40] and isinstance(seg.rle["counts"], str)
+    assert seg.bbox == [10.0, 8.0, 10.0, 8.0] and seg.mask().sum() == 80
+    assert [r.label for r in p.turns[0].rejected] == ["bird"]
+    assert p.turns[1].segments[0].round == 1
+    # batches of 4 then 2: the backend really batched
+    assert BoxBackend.instances[-1].calls == [4, 2]
+    info = json.loads((out / "run.json").read_text())
+    assert info["finished"] and info["counts"]["done"] == 6
+    assert info["templates"]["pets"]["categories"] == ["cat", "dog", "bird"]
+    assert info["model"] == "test/box-v1" and "transformers" in info["versions"]
+
+
+def test_rerun_skips_done_keys_without_loading_the_model(groups_dir, tmp_path, template):
+    out = tmp_path / "run"
+    run(groups_dir, out, template)
+    before = len(BoxBackend.instances)
+    engine, summary = run(groups_dir, out, template)
+    assert len(BoxBackend.instances) == before, "the model must not load when nothing is left"
+    assert summary.done == 0 and summary.already_done == 6 and summary.exit_code == 0
+    assert len(lines(out)) == 6
+    _, summary = run(groups_dir, out, template, overwrite=True)
+    assert summary.done == 6 and len(lines(out)) == 12
+    assert len(list(read_predictions([out]))) == 6  # last line wins
+
+
+def test_failing_group_fails_alone_and_is_retried_on_rerun(tmp_path, template):
+    data = make_groups(tmp_path / "data", 4)
+    (data / "g001").rename(data / "boom")
+    out = tmp_path / "run"
+    _, summary = run(data, out, template, batch_size=4)
+    assert summary.exit_code == 1
+    assert [k for k, _ in summary.failed] == ["boom|pets|test/box-v1"]
+    assert "exploded on purpose" in summary.failed[0][1]
+    status = scan_status([out])
+    assert status == {"boom|pets|test/box-v1": "error", **{f"g{g:03d}|pets|test/box-v1": "ok" for g in (0, 2, 3)}}
+    err = next(p for p in read_predictions([out]) if p.status == "error")
+    assert err.error["stage"] == "predict" and err.images[0].width is not None
+    # batch of 4 failed, then each request alone
+    assert BoxBackend.instances[-1].calls == [4, 1, 1, 1, 1]
+    (data / "boom").rename(data / "fixed")
+    _, summary = run(data, out, template)
+    assert summary.done == 1 and summary.already_done == 3
+
+
+def test_bad_images_become_error_records_and_the_run_goes_on(tmp_path, template):
+    data = make_groups(tmp_path / "data", 3)
+    (data / "g001" / "img2.png").write_bytes(b"")  # zero bytes
+    (data / "g002" / "notes.txt").write_text("not an image")
+    out = tmp_path / "run"
+    _, summary = run(data, out, template)
+    assert summary.exit_code == 1 and summary.done == 2
+    (key, reason), = summary.failed
+    assert key.startswith("g001|") and "g001/img2.png" in reason
+    bad = next(p for p in read_predictions([out]) if p.status == "error")
+    assert bad.error["stage"] == "decode" and bad.error["file"] == "g001/img2.png"
+    assert any("notes.txt" in f for f, _ in summary.skipped_files)
+
+
+def test_shards_partition_the_groups_and_merge(tmp_path, template):
+    data = make_groups(tmp_path / "data", 10, per_group=1)
+    out = tmp_path / "run"
+    for i in range(3):
+        _, s = run(data, out, template, shard=f"{i}/3")
+        assert s.exit_code == 0
+    files = sorted(p.name for p in out.glob("predictions*.jsonl"))
+    assert files == [f"predictions.shard-{i}-of-3.jsonl" for i in range(3)]
+    per_shard = [[json.loads(x)["group_id"] for x in (out / f).read_text().splitlines()] for f in files]
+    assert sorted(sum(per_shard, [])) == [f"g{g:03d}" for g in range(10)]
+    for i, ids in enumerate(per_shard):
+        assert all(shard_of(g, 3) == i for g in ids)
+    # an unsharded rerun over the same dir finds everything done
+    _, s = run(data, out, template)
+    assert s.done == 0 and s.already_done == 10
+
+
+def test_limit_and_bad_shard(groups_dir, tmp_path, template):
+    _, s = run(groups_dir, tmp_path / "run", template, limit=2)
+    assert s.done == 2
+    with pytest.raises(Exception, match="0 <= I < N"):
+        RunConfig(input=groups_dir, shard="3/3")
+
+
+def test_torn_last_line_is_repaired_on_resume(groups_dir, tmp_path, template):
+    out = tmp_path / "run"
+    run(groups_dir, out, template)
+    path = out / "predictions.jsonl"
+    data = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(b"".join(data[:4]) + data[4][:50])  # a crash mid-write of line 5
+    assert len(scan_status([out])) == 4
+    _, s = run(groups_dir, out, template)
+    assert s.done == 2 and s.already_done == 4
+    assert sorted(x["group_id"] for x in lines(out)) == [f"g{g:03d}" for g in range(6)]
+
+
+def test_second_writer_on_the_same_run_dir_is_refused(tmp_path):
+    w = PredictionWriter(tmp_path / "run")
+    try:
+        with pytest.raises(AutolabelError, match="another autolabel run"):
+            PredictionWriter(tmp_path / "run")
+        PredictionWriter(tmp_path / "run", "shard-1-of-2").close()  # a shard has its own lock
+    finally:
+        w.close()
+
+
+def test_missing_template_variable_is_a_per_group_error(tmp_path):
+    data = make_groups(tmp_path / "data", 2)
+    tpl = tmp_path / "q.yaml"
+    tpl.write_text("name: q\nturns: ['{{ question }}']\n")
+    _, s = run(data, tmp_path / "run", str(tpl))
+    assert s.exit_code == 1 and "question" in s.failed[0][1]
+    _, s = run(data, tmp_path / "run2", str(tpl), var={"question": "what?"})
+    assert s.exit_code == 0
+
+
+def test_memory_window_is_bounded(tmp_path, template):
+    """Decoding runs ahead by a bounded window, not over the whole dataset."""
+    data = make_groups(tmp_path / "data", 40, per_group=1)
+    cfg = RunConfig(input=data, out=tmp_path / "run", prompt=[template], backend="doubles:BoxBackend",
+                    quiet=True, batch_size=2, decode_workers=2)
+    engine = Engine(cfg)
+    decoded, predicted = [], []
+    original_decode, original_predict = engine._decode, engine._predict
+    engine._decode = lambda g: (decoded.append(g.id), original_decode(g))[1]
+    engine._predict = lambda reqs: (predicted.append(len(decoded)), original_predict(reqs))[1]
+    engine.run()
+    window = max(2 * cfg.batch_size, cfg.decode_workers * 2)
+    assert all(n <= 2 * (i + 1) + window for i, n in enumerate(predicted))
+
