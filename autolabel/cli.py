@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 
 from autolabel import __version__
 from autolabel.errors import AutolabelError
@@ -57,15 +58,15 @@ def run(
                                                          "JSONL/CSV manifest, COCO JSON, or one image.",
                                                     show_default=False)] = None,
     prompt: Annotated[Optional[list[str]], typer.Option("--prompt", "-p", help="Template name or YAML file; "
-                                                        "repeat for several.  [default: ontology]")] = None,
+                                                        "repeat for several.  \\[default: ontology]")] = None,
     backend: Annotated[Optional[str], typer.Option(help="Backend name (see `autolabel models`) or "
-                                                        "module:Class.  [default: vlm-sam]")] = None,
+                                                        "module:Class.  \\[default: vlm-sam]")] = None,
     model: Annotated[Optional[str], typer.Option(help="Hub id or local dir of the reasoning model.  "
-                                                      "[default: the backend's]")] = None,
+                                                      "\\[default: the backend's]")] = None,
     mask_model: Annotated[Optional[str], typer.Option(help="SAM-family mask model: hub id, dir or "
                                                            "segment-anything .pth.")] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run directory.  [default: runs/latest]")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Groups per model call.  [default: 4]")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run directory.  \\[default: runs/latest]")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Groups per model call.  \\[default: 4]")] = None,
     shard: Annotated[Optional[str], typer.Option(help="Take slice I of N (0 <= I < N), e.g. 0/4.")] = None,
     limit: Annotated[Optional[int], typer.Option(help="Label at most N groups.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Redo groups already done.")] = False,
@@ -73,9 +74,9 @@ def run(
     group_by: Annotated[Optional[str], typer.Option(help="Regex with a named group `key` that groups "
                                                          "a flat folder's files.")] = None,
     var: Annotated[Optional[list[str]], typer.Option("--var", help="Template variable KEY=VALUE; repeatable.")] = None,
-    device: Annotated[Optional[str], typer.Option(help="cuda, cuda:1, cpu.  [default: cuda if available]")] = None,
-    dtype: Annotated[Optional[str], typer.Option(help="bf16, fp16, fp32.  [default: bf16 on CUDA, fp32 on CPU]")] = None,
-    max_new_tokens: Annotated[Optional[int], typer.Option(help="Cap on generated tokens per turn.  [default: 512]")] = None,
+    device: Annotated[Optional[str], typer.Option(help="cuda, cuda:1, cpu.  \\[default: cuda if available]")] = None,
+    dtype: Annotated[Optional[str], typer.Option(help="bf16, fp16, fp32.  \\[default: bf16 on CUDA, fp32 on CPU]")] = None,
+    max_new_tokens: Annotated[Optional[int], typer.Option(help="Cap on generated tokens per turn.  \\[default: 512]")] = None,
     trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code",
                                                     help="Allow model repos to run their own code.")] = False,
     allow_outside_root: Annotated[bool, typer.Option("--allow-outside-root",
@@ -203,19 +204,9 @@ def models() -> None:
 
 
 def main() -> None:
+    """Entry point: usage errors exit 2 (click), configuration errors exit 2 with one line."""
     try:
-        app(standalone_mode=False)
+        app()
     except AutolabelError as e:
-        _console(stderr=True).print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        _console(stderr=True).print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         sys.exit(2)
-    except typer.Exit as e:
-        sys.exit(e.exit_code)
-    except typer.Abort:
-        sys.exit(130)
-    except Exception as e:  # click usage errors
-        import click
-
-        if isinstance(e, click.ClickException):
-            e.show()
-            sys.exit(2)
-        raise

@@ -111,4 +111,4 @@ def load_run_config(config_file: Path | None, flags: dict[str, Any]) -> RunConfi
         err = e.errors()[0]
         field = ".".join(str(p) for p in err["loc"]) or "(top level)"
         flag = "--" + field.split(".")[0].replace("_", "-")
-        raise AutolabelError(f"{where}: {flag}: {err['msg']}") from None
+        raise AutolabelError(f"{where}: {flag}: {err['msg'].removeprefix('Value error, ')}") from None
