@@ -1,0 +1,140 @@
+"""The CLI as users and CI run it: subprocesses, exit codes, fast start, kill-and-resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import make_groups
+from pycocotools.coco import COCO
+
+TESTS = Path(__file__).parent
+HEAVY = ("torch", "transformers", "fiftyone")
+
+
+def cli(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "PYTHONPATH": str(TESTS), **(env or {})}
+    return subprocess.run([sys.executable, "-m", "autolabel", *args], capture_output=True, text=True,
+                          env=full_env, timeout=timeout)
+
+
+def imported_heavy(*argv: str) -> list[str]:
+    """Run the CLI in-process in a fresh interpreter; report which heavy libraries it imported."""
+    code = (
+        "import sys\nsys.argv = ['autolabel', *sys.argv[1:]]\nfrom autolabel.cli import main\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        f"print('HEAVY=' + ','.join(m for m in {HEAVY!r} if m in sys.modules), file=sys.stderr)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": str(TESTS)}, timeout=120)
+    line = [x for x in r.stderr.splitlines() if x.startswith("HEAVY=")][-1]
+    return [m for m in line[6:].split(",") if m]
+
+
+def test_version_and_help():
+    r = cli("--version")
+    assert r.returncode == 0 and r.stdout.startswith("autolabel ")
+    for cmd in (["--help"], ["run", "--help"], ["export", "coco", "--help"], ["export", "masks", "--help"],
+                ["prompts", "render", "--help"], ["doctor", "--help"], ["models", "--help"]):
+        r = cli(*cmd)
+        assert r.returncode == 0, (cmd, r.stderr)
+        assert "Usage" in r.stdout
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["prompts", "list"], ["run", "--help"]])
+def test_light_commands_do_not_import_heavy_libraries(argv):
+    assert imported_heavy(*argv) == []
+
+
+def test_usage_and_configuration_errors_exit_2(tmp_path):
+    assert cli("run", str(tmp_path), "--bogus").returncode == 2
+    r = cli("run", str(tmp_path / "missing"), "--backend", "doubles:BoxBackend")
+    assert r.returncode == 2 and "missing" in r.stderr and "Traceback" not in r.stderr
+    r = cli("run", str(tmp_path), "--shard", "4/4")
+    assert r.returncode == 2 and "--shard" in r.stderr
+    r = cli("run", str(tmp_path), "--prompt", "no-such-template")
+    assert r.returncode == 2 and "no-such-template" in r.stderr
+    r = cli("run", str(tmp_path), "--backend", "no-such-backend")
+    assert r.returncode == 2 and "no-such-backend" in r.stderr
+    bad = tmp_path / "run.yaml"
+    bad.write_text("input: .\nbatch_size: lots\n")
+    r = cli("run", "--config", str(bad))
+    assert r.returncode == 2 and "batch-size" in r.stderr and str(bad) in r.stderr
+
+
+def test_run_then_export_coco_end_to_end(tmp_path):
+    data = make_groups(tmp_path / "data", 3)
+    out = tmp_path / "run"
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(f"input: {data}\nbackend: doubles:BoxBackend\nprompt: [ontology]\n"
+                   f"var: {{classes: 'cat, dog'}}\nbatch_size: 1\n")
+    r = cli("run", "--config", str(cfg), "--out", str(out), "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert "labelled 3" in r.stderr
+    info = json.loads((out / "run.json").read_text())
+    assert info["parameters"]["batch_size"] == 1 and info["parameters"]["var"] == {"classes": "cat, dog"}
+    coco_file = tmp_path / "coco.json"
+    r = cli("export", "coco", str(out), "-o", str(coco_file))
+    assert r.returncode == 0, r.stderr
+    coco = COCO(str(coco_file))
+    assert [c["name"] for c in coco.loadCats(coco.getCatIds())] == ["cat", "dog"]
+    assert len(coco.getImgIds()) == 6 and len(coco.getAnnIds()) == 12
+    # a rerun with nothing left to do: exit 0 and no heavy imports
+    assert imported_heavy("run", "--config", str(cfg), "--out", str(out), "--quiet") == []
+
+
+def test_failed_groups_exit_1_and_are_listed(tmp_path):
+    data = make_groups(tmp_path / "data", 2)
+    (data / "g001" / "img1.png").write_text("not a png")
+    r = cli("run", str(data), "--backend", "doubles:BoxBackend", "--out", str(tmp_path / "run"), "-q")
+    assert r.returncode == 1
+    assert "1 failed" in r.stderr and "g001/img1.png" in r.stderr
+
+
+def test_kill_and_resume_gives_the_same_keys_without_duplicates(tmp_path):
+    data = make_groups(tmp_path / "data", 12, per_group=1)
+    out = tmp_path / "run"
+    args = ["run", str(data), "--backend", "doubles:BoxBackend", "--batch-size", "2", "--out", str(out), "-q"]
+    proc = subprocess.Popen([sys.executable, "-m", "autolabel", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL,
+                            env={**os.environ, "PYTHONPATH": str(TESTS), "AUTOLABEL_TEST_SLEEP": "0.4"})
+    pred = out / "predictions.jsonl"
+    deadline = time.time() + 60
+    while time.time() < deadline and (not pred.exists() or pred.read_text().count("\n") < 4):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    written = pred.read_text().count("\n")
+    assert 4 <= written < 12, "the kill must land mid-run"
+    r = cli("run", *args[1:])
+    assert r.returncode == 0, r.stderr
+    keys = [json.loads(x)["key"] for x in pred.read_text().splitlines()]
+    assert len(keys) == len(set(keys)) == 12
+    reference = tmp_path / "reference"
+    assert cli("run", str(data), "--backend", "doubles:BoxBackend", "--out", str(reference), "-q").returncode == 0
+    ref_keys = [json.loads(x)["key"] for x in (reference / "predictions.jsonl").read_text().splitlines()]
+    assert sorted(keys) == sorted(ref_keys)
+
+
+def test_second_run_on_the_same_dir_is_refused_while_the_first_runs(tmp_path):
+    data = make_groups(tmp_path / "data", 6, per_group=1)
+    out = tmp_path / "run"
+    args = ["-m", "autolabel", "run", str(data), "--backend", "doubles:BoxBackend", "--batch-size", "1",
+            "--out", str(out), "-q"]
+    first = subprocess.Popen([sys.executable, *args], env={**os.environ, "PYTHONPATH": str(TESTS),
+                                                            "AUTOLABEL_TEST_SLEEP": "0.5"})
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline and not (out / "predictions.jsonl").exists():
+            time.sleep(0.05)
+        r = cli(*args[2:])
+        assert r.returncode == 2 and "another autolabel run" in r.stderr
+    finally:
+        first.kill()
+        first.wait()
