@@ -20,6 +20,7 @@ app = typer.Typer(
     name="autolabel",
     help="Label image groups with pixel masks by multi-image reasoning (VLM + SAM), export COCO RLE.",
     no_args_is_help=True,
+    add_completion=False,
     rich_markup_mode="rich",
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -79,6 +80,8 @@ def run(
     max_new_tokens: Annotated[Optional[int], typer.Option(help="Cap on generated tokens per turn.  \\[default: 512]")] = None,
     trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code",
                                                     help="Allow model repos to run their own code.")] = False,
+    backend_option: Annotated[Optional[list[str]], typer.Option(
+        "--backend-option", help="Backend-specific KEY=VALUE (value read as YAML); repeatable.")] = None,
     allow_outside_root: Annotated[bool, typer.Option("--allow-outside-root",
                                                      help="Allow image paths outside the input root.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar (for CI logs).")] = False,
@@ -93,7 +96,8 @@ def run(
     flags = dict(input=input, prompt=prompt, backend=backend, model=model, mask_model=mask_model, out=out,
                  batch_size=batch_size, shard=shard, limit=limit, overwrite=overwrite, manifest=manifest,
                  group_by=group_by, var=var, device=device, dtype=dtype, max_new_tokens=max_new_tokens,
-                 trust_remote_code=trust_remote_code, allow_outside_root=allow_outside_root, quiet=quiet)
+                 trust_remote_code=trust_remote_code, backend_option=backend_option,
+                 allow_outside_root=allow_outside_root, quiet=quiet)
     cfg = load_run_config(config, flags)
     from autolabel.engine import Engine
     from autolabel.progress import RichProgress

@@ -34,6 +34,7 @@ class RunConfig(BaseModel):
     dtype: str | None = None
     max_new_tokens: int = Field(512, ge=1)
     trust_remote_code: bool = False
+    backend_option: dict[str, Any] = Field(default_factory=dict)
     allow_outside_root: bool = False
     max_pixels: int = Field(178_956_970, ge=1)
     decode_workers: int = Field(4, ge=1)
@@ -67,6 +68,20 @@ class RunConfig(BaseModel):
             return {str(k): ", ".join(map(str, x)) if isinstance(x, list) else str(x) for k, x in v.items()}
         return v
 
+    @field_validator("backend_option", mode="before")
+    @classmethod
+    def _parse_backend_options(cls, v: Any) -> Any:
+        """KEY=VALUE pairs whose values read as YAML (numbers, booleans, lists, mappings)."""
+        if isinstance(v, (list, tuple)):
+            out = {}
+            for item in v:
+                key, eq, value = str(item).partition("=")
+                if not eq or not key.strip():
+                    raise ValueError(f"{item!r} must be KEY=VALUE")
+                out[key.strip()] = yaml.safe_load(value) if value.strip() else ""
+            return out
+        return v
+
     @field_validator("prompt", mode="before")
     @classmethod
     def _one_or_many(cls, v: Any) -> Any:
@@ -97,10 +112,9 @@ def load_run_config(config_file: Path | None, flags: dict[str, Any]) -> RunConfi
             if isinstance(data.get(key), str) and not Path(data[key]).is_absolute():
                 data[key] = str(base / data[key])
     given = {k: v for k, v in flags.items() if v is not None and v != [] and v is not False}
-    if "var" in given and "var" in data:
-        merged = RunConfig._parse_vars(data["var"])
-        merged.update(RunConfig._parse_vars(given.pop("var")))
-        data["var"] = merged
+    for key, parse in (("var", RunConfig._parse_vars), ("backend_option", RunConfig._parse_backend_options)):
+        if key in given and key in data:  # mappings merge, flags win per key
+            data[key] = {**parse(data[key]), **parse(given.pop(key))}
     data.update(given)
     where = str(config_file) if config_file else "options"
     if "input" not in data:

@@ -87,7 +87,8 @@ class Engine:
         self.options = BackendOptions(model=config.model, mask_model=config.mask_model,
                                       device=config.device, dtype=config.dtype,
                                       max_new_tokens=config.max_new_tokens,
-                                      trust_remote_code=config.trust_remote_code)
+                                      trust_remote_code=config.trust_remote_code,
+                                      extra=dict(config.backend_option))
         self.model_id = config.model or default_model or config.backend
         self._backend_factory = backend_factory
         self._backend: Backend | None = None

@@ -53,3 +53,11 @@ def backend_class(name: str):
         return getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError) as e:
         raise AutolabelError(f"backend {name!r} cannot be imported from {target!r}: {e}") from None
+
+
+register(BackendSpec(
+    "vlm-sam", "autolabel.backends.vlm_sam:VlmSamBackend",
+    "a transformers chat VLM (Qwen2.5-VL / Qwen3-VL) answers schema-constrained JSON over the whole group; "
+    "a SAM-family head turns its boxes into masks",
+    default_model="Qwen/Qwen2.5-VL-3B-Instruct", default_mask_model="facebook/sam2.1-hiera-base-plus",
+))
