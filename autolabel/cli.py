@@ -178,6 +178,92 @@ def prompts_render(
     typer.echo(render_for_group(template, group_dir, variables))
 
 
+# -- review in FiftyOne ---------------------------------------------------------------------
+@app.command()
+def push(
+    run_dirs: Annotated[list[Path], typer.Argument(help="Run directories to push.")],
+    dataset: Annotated[str, typer.Option(help="FiftyOne dataset name (created if missing, persistent).")],
+    field: Annotated[str, typer.Option(help="Label field for the masks.")] = "predictions",
+    replace: Annotated[bool, typer.Option("--replace", help="Replace the field's labels on samples "
+                                                              "already pushed.")] = False,
+) -> None:
+    """Push predictions to a grouped FiftyOne dataset: one group per image group x template."""
+    from autolabel.review import push as _push
+
+    stats = _push(list(run_dirs), dataset, field=field, replace=replace)
+    _console(stderr=True).print(f"pushed to {dataset!r}: {stats}", highlight=False)
+
+
+@app.command()
+def review(
+    dataset: Annotated[str, typer.Argument(help="FiftyOne dataset name.")],
+    port: Annotated[int, typer.Option(help="App port on localhost.")] = 5151,
+    address: Annotated[str, typer.Option(help="Address to serve the App on.")] = "127.0.0.1",
+    field: Annotated[str, typer.Option(help="Field with the pushed masks.")] = "predictions",
+) -> None:
+    """Prepare the editable `reviewed` field and serve the FiftyOne App; Ctrl-C stops it."""
+    from autolabel.review import launch_review, prepare_review
+
+    prepare_review(dataset, source_field=field)
+    session = launch_review(dataset, port=port, address=address)
+    _console(stderr=True).print(f"reviewing {dataset!r} at http://{address}:{port}  (Ctrl-C to stop)")
+    session.wait()
+
+
+@app.command()
+def pull(
+    dataset: Annotated[str, typer.Argument(help="FiftyOne dataset name.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="COCO JSON file for the corrected labels.")],
+    since: Annotated[Optional[str], typer.Option(help="Only samples edited after this ISO time, "
+                                                      "e.g. 2026-11-22T10:00.")] = None,
+    field: Annotated[str, typer.Option(help="Field with the pushed masks.")] = "predictions",
+) -> None:
+    """Pull reviewed masks back as COCO and print what reviewers changed."""
+    from datetime import datetime
+
+    from autolabel.review import pull as _pull
+
+    when = None
+    if since:
+        try:
+            when = datetime.fromisoformat(since)
+        except ValueError:
+            raise AutolabelError(f"--since {since!r}: not an ISO date/time such as 2026-11-22T10:00") from None
+    report = _pull(dataset, output, since=when, source_field=field)
+    _console().print(report.table() if hasattr(report, "table") else report)
+
+
+# -- evaluation -----------------------------------------------------------------------------
+@app.command("eval")
+def evaluate(
+    pred: Annotated[Path, typer.Argument(help="A run directory or a COCO file (export or results).")],
+    gt: Annotated[Path, typer.Option(help="Ground-truth COCO JSON.")],
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the metrics as JSON.")] = None,
+    report: Annotated[Optional[Path], typer.Option(help="Write a Markdown report with plots here.")] = None,
+    fail_under: Annotated[Optional[list[str]], typer.Option(
+        "--fail-under", help="METRIC=VALUE; exit 1 when the metric is below it. Repeatable.")] = None,
+) -> None:
+    """Score labels against ground truth: gIoU, cIoU, mIoU, recall@0.5, N-acc, T-acc, AP."""
+    import json
+
+    from autolabel.evaluation import evaluate as _evaluate, failures, parse_fail_under, render_table, write_report
+
+    thresholds = parse_fail_under(fail_under or [])
+    result = _evaluate(pred, gt)
+    console = _console()
+    console.print(render_table(result))
+    for warning in result.warnings:
+        _console(stderr=True).print(f"[yellow]warning:[/] {escape(warning)}")
+    if json_out:
+        json_out.write_text(json.dumps(result.to_json(), indent=2))
+    if report:
+        _console(stderr=True).print(f"report: {write_report(result, report, pred, gt)}")
+    failed = failures(result, thresholds)
+    for line in failed:
+        _console(stderr=True).print(f"[red]fail:[/] {escape(line)}")
+    raise typer.Exit(1 if failed else 0)
+
+
 # -- environment ----------------------------------------------------------------------------
 @app.command()
 def doctor() -> None:
