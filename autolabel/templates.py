@@ -127,8 +127,17 @@ def load_template(name_or_file: str) -> Template:
     return _load_file(path.resolve())
 
 
-@lru_cache(maxsize=64)
 def _load_file(path: Path) -> Template:
+    """Cached by modification time, so a template edited while the process runs is reread."""
+    try:
+        mtime = path.stat().st_mtime_ns
+    except FileNotFoundError:
+        raise AutolabelError(f"{path}: prompt template file not found") from None
+    return _load_cached(path, mtime)
+
+
+@lru_cache(maxsize=64)
+def _load_cached(path: Path, mtime: int) -> Template:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -141,8 +150,13 @@ def _load_file(path: Path) -> Template:
         return Template.model_validate(data)
     except ValidationError as e:
         err = e.errors()[0]
-        field = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        field = ".".join(_field_path(err["loc"])) or "(top level)"
         raise AutolabelError(f"{path}: field {field!r}: {err['msg']}") from None
+
+
+def _field_path(loc: tuple) -> list[str]:
+    """The YAML path of a validation error, without pydantic's union-member names."""
+    return [str(p) for p in loc if not (isinstance(p, str) and ("[" in p or p in {"str", "int", "bool", "float", "none"}))]
 
 
 def builtin_templates() -> list[Template]:
