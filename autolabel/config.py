@@ -10,6 +10,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from autolabel.errors import AutolabelError
+from autolabel.yaml_io import read_yaml_mapping
 
 
 class RunConfig(BaseModel):
@@ -57,13 +58,7 @@ class RunConfig(BaseModel):
     @classmethod
     def _parse_vars(cls, v: Any) -> Any:
         if isinstance(v, (list, tuple)):
-            out = {}
-            for item in v:
-                key, eq, value = str(item).partition("=")
-                if not eq or not key.strip():
-                    raise ValueError(f"{item!r} must be KEY=VALUE")
-                out[key.strip()] = value
-            return out
+            return _key_values(v, str)
         if isinstance(v, dict):
             return {str(k): ", ".join(map(str, x)) if isinstance(x, list) else str(x) for k, x in v.items()}
         return v
@@ -73,13 +68,7 @@ class RunConfig(BaseModel):
     def _parse_backend_options(cls, v: Any) -> Any:
         """KEY=VALUE pairs whose values read as YAML (numbers, booleans, lists, mappings)."""
         if isinstance(v, (list, tuple)):
-            out = {}
-            for item in v:
-                key, eq, value = str(item).partition("=")
-                if not eq or not key.strip():
-                    raise ValueError(f"{item!r} must be KEY=VALUE")
-                out[key.strip()] = yaml.safe_load(value) if value.strip() else ""
-            return out
+            return _key_values(v, lambda value: yaml.safe_load(value) if value.strip() else "")
         return v
 
     @field_validator("prompt", mode="before")
@@ -92,18 +81,22 @@ class RunConfig(BaseModel):
         return f"shard-{self.shard[0]}-of-{self.shard[1]}" if self.shard else None
 
 
+def _key_values(items, read_value) -> dict[str, Any]:
+    """`KEY=VALUE` strings as a mapping; the value is split at the first `=` only."""
+    out = {}
+    for item in items:
+        key, eq, value = str(item).partition("=")
+        if not eq or not key.strip():
+            raise ValueError(f"{item!r} must be KEY=VALUE")
+        out[key.strip()] = read_value(value)
+    return out
+
+
 def load_run_config(config_file: Path | None, flags: dict[str, Any]) -> RunConfig:
     """Merge a YAML run file with the flags that were given (None means 'not given')."""
     data: dict[str, Any] = {}
     if config_file is not None:
-        try:
-            loaded = yaml.safe_load(Path(config_file).read_text(encoding="utf-8")) or {}
-        except FileNotFoundError:
-            raise AutolabelError(f"{config_file}: run config file not found") from None
-        except yaml.YAMLError as e:
-            raise AutolabelError(f"{config_file}: not valid YAML: {e}") from None
-        if not isinstance(loaded, dict):
-            raise AutolabelError(f"{config_file}: a run config must be a YAML mapping of option: value")
+        loaded = read_yaml_mapping(config_file, "run config")
         data = {k.replace("-", "_"): v for k, v in loaded.items()}
         if "prompts" in data and "prompt" not in data:
             data["prompt"] = data.pop("prompts")

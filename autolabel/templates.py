@@ -14,10 +14,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from autolabel.errors import AutolabelError
+from autolabel.yaml_io import read_yaml_mapping
 
 BUILTIN_DIR = Path(__file__).resolve().parent / "prompts"
 if not BUILTIN_DIR.is_dir():  # running from a source checkout: prompts/ sits beside the package
@@ -138,14 +138,7 @@ def _load_file(path: Path) -> Template:
 
 @lru_cache(maxsize=64)
 def _load_cached(path: Path, mtime: int) -> Template:
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise AutolabelError(f"{path}: prompt template file not found") from None
-    except yaml.YAMLError as e:
-        raise AutolabelError(f"{path}: not valid YAML: {e}") from None
-    if not isinstance(data, dict):
-        raise AutolabelError(f"{path}: a template must be a YAML mapping")
+    data = read_yaml_mapping(path, "prompt template")
     try:
         return Template.model_validate(data)
     except ValidationError as e:
