@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-mask_heads = pytest.importorskip("autolabel.backends.mask_heads", reason="the mask heads have not landed yet")
-pytest.importorskip("autolabel.backends.loading", reason="the loading helpers have not landed yet")
+from autolabel.backends import mask_heads
 from autolabel.backends.answer_schema import InvalidAnswer
 from autolabel.backends.base import BackendOptions, Request
 from autolabel.backends.chat import PastTurn, draw_images, mask_box
@@ -221,7 +220,6 @@ def test_engine_run_with_the_tiny_vlm(make_backend, tmp_path, tmp_path_factory):
     """`autolabel run`'s engine: every group gets a record; one that runs out of tokens fails alone."""
     from dataclasses import replace
 
-    pytest.importorskip("autolabel.sources", reason="the engine's sources/images modules have not landed yet")
     from autolabel.config import RunConfig
     from autolabel.engine import Engine
     from autolabel.store import read_predictions
