@@ -62,7 +62,7 @@ def _to_rgb(img: Image.Image) -> np.ndarray:
         # composite on white: transparent areas would otherwise turn into arbitrary colours
         background = Image.new("RGBA", img.size, (255, 255, 255, 255))
         img = Image.alpha_composite(background, img.convert("RGBA"))
-    return np.ascontiguousarray(np.asarray(img.convert("RGB"), dtype=np.uint8))
+    return np.array(img.convert("RGB"), dtype=np.uint8)  # a writable copy: torch warns on read-only arrays
 
 
 def _high_depth_to_rgb(values: np.ndarray) -> np.ndarray:
