@@ -119,3 +119,16 @@ def test_dtype_choice():
     assert pick_dtype("fp16", "cpu") == torch.float16
     with pytest.raises(AutolabelError, match="--dtype"):
         pick_dtype("int3", "cpu")
+
+
+def test_sam3_segments_every_instance_of_a_phrase_with_cached_vision(tmp_path_factory):
+    head = load_mask_head(tiny_mask_model("sam3", tmp_path_factory), device="cpu", dtype=torch.float32)
+    head.threshold = 0.0  # random weights score low; keep every query so the masks can be checked
+    img = image(60, 90, 5)
+    cat, dog = head.segment_text(("g", "a.png"), img, ["cat", "dog"])
+    assert cat.masks.shape[1:] == (60, 90) and cat.masks.dtype == bool and len(cat.masks) == len(cat.scores) > 0
+    assert ((cat.scores >= 0) & (cat.scores <= 1)).all()
+    head.segment_text(("g", "a.png"), img, ["mug"])
+    assert head.encoder_calls == 1
+    with pytest.raises(NotImplementedError, match="prompted by text"):
+        head.predict([PromptSet("x", img, boxes=np.array([[1, 1, 5, 5]], float))])

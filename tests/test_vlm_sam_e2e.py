@@ -19,6 +19,7 @@ from autolabel.backends.base import BackendOptions
 from autolabel.backends.vlm_sam import VlmSamBackend
 from autolabel.config import RunConfig
 from autolabel.engine import Engine
+from autolabel.store import read_predictions
 
 LIMITS = "answer_limits={explanation: 16, label: 8, phrase: 8, reason: 8, points: 2}"
 
@@ -54,6 +55,21 @@ def test_cli_run_and_export_with_tiny_qwen_and_tiny_sam(tmp_path, tmp_path_facto
         assert ev.stats[0] > 0.99
 
 
+def fixed_answers(backend: VlmSamBackend) -> None:
+    """The real generate runs; its random answer is replaced by one box per image, first label."""
+    reason = backend._reason
+
+    def one_box_per_image(states, t):
+        out = []
+        for state, (_, raw, _) in zip(states, reason(states, t)):
+            label = next(iter(state.request.prompt.ontology))
+            targets = tuple(ParsedTarget(i + 1, label, label, (1, 1, 12, 12)) for i in range(len(state.frames)))
+            out.append((ParsedAnswer("fixed", targets, ()), raw, [1.0] * len(targets)))
+        return out
+
+    backend._reason = one_box_per_image
+
+
 def test_templates_over_the_same_group_reuse_image_embeddings(tmp_path, tmp_path_factory):
     """Two templates over 2 groups x 2 images: each image is encoded once, not once per template."""
     data = make_groups(tmp_path / "data", 2)
@@ -66,18 +82,7 @@ def test_templates_over_the_same_group_reuse_image_embeddings(tmp_path, tmp_path
         heads.append(b.mask_head)
         predict = b.mask_head.predict
         b.mask_head.predict = lambda sets: (asked.extend(ps.image_key for ps in sets if ps.count), predict(sets))[1]
-        reason = b._reason
-
-        def one_box_per_image(states, t):
-            """The real generate runs; its random answer is replaced by one box per image."""
-            out = []
-            for state, (_, raw, _) in zip(states, reason(states, t)):
-                label = next(iter(state.request.prompt.ontology))
-                targets = tuple(ParsedTarget(i + 1, label, label, (1, 1, 12, 12)) for i in range(len(state.frames)))
-                out.append((ParsedAnswer("fixed", targets, ()), raw, [1.0] * len(targets)))
-            return out
-
-        b._reason = one_box_per_image
+        fixed_answers(b)
         return b
 
     cfg = RunConfig(input=data, out=tmp_path / "run", prompt=["multi-target", "ontology"],
@@ -90,3 +95,27 @@ def test_templates_over_the_same_group_reuse_image_embeddings(tmp_path, tmp_path
     assert summary.exit_code == 0 and summary.done == 4
     assert len(asked) == 8, "2 templates x 2 groups x 2 images were prompted"
     assert heads[0].encoder_calls == len(set(asked)) == 4, "each image is encoded once for both templates"
+
+
+def test_sam3_segments_every_instance_of_the_labels_the_vlm_found(tmp_path, tmp_path_factory):
+    data = make_groups(tmp_path / "data", 1)
+    heads = []
+
+    def backend(options: BackendOptions) -> VlmSamBackend:
+        b = VlmSamBackend(options)
+        b.mask_head.threshold = 0.0  # random weights: keep every query
+        heads.append(b.mask_head)
+        fixed_answers(b)
+        return b
+
+    cfg = RunConfig(input=data, out=tmp_path / "run", prompt=["ontology"], var={"classes": "cup=mug, plate"},
+                    model=str(tiny_vlm("qwen2_5_vl", tmp_path_factory)),
+                    mask_model=tiny_mask_model("sam3", tmp_path_factory), device="cpu", max_new_tokens=400,
+                    quiet=True, backend_option={"answer_limits": {"explanation": 16, "label": 8, "phrase": 8,
+                                                                   "reason": 8, "points": 2}})
+    assert Engine(cfg, backend_factory=backend).run().exit_code == 0
+    (pred,) = read_predictions([cfg.out])
+    segments = pred.turns[0].segments
+    assert segments and {s.image for s in segments} == {0, 1}, "every instance SAM 3 found, on both images"
+    assert {(s.label, s.category) for s in segments} == {("cup", "mug")}
+    assert heads[0].encoder_calls == 2

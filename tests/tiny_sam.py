@@ -77,14 +77,50 @@ def save_tiny_segment_anything(path: Path) -> Path:
 
 
 def tiny_mask_model(kind: str, tmp_path_factory) -> str:
-    """The session's tiny checkpoint of `kind` (sam, sam2, pth), built on first use."""
+    """The session's tiny checkpoint of `kind` (sam, sam2, sam3, pth), built on first use."""
     if kind not in _built:
         d = tmp_path_factory.mktemp(f"tiny_{kind}")
         if kind == "sam":
             _built[kind] = build_tiny_sam_hf(d)
         elif kind == "sam2":
             _built[kind] = build_tiny_sam2_hf(d)
+        elif kind == "sam3":
+            _built[kind] = build_tiny_sam3_hf(d)
         else:
             _built[kind] = save_tiny_segment_anything(d / "sam_tiny.pth")
     path = _built[kind]
     return f"vit_tiny:{path}" if kind == "pth" else str(path)
+
+
+def build_tiny_sam3_hf(directory: Path) -> Path:
+    """Tiny Sam3Model + processor with an offline byte-level CLIP tokenizer."""
+    import torch
+    from transformers import CLIPTokenizer, Sam3Config, Sam3ImageProcessor, Sam3Model, Sam3Processor
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    torch.manual_seed(0)
+    chars = sorted(bytes_to_unicode().values())
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for c in chars:
+        vocab.setdefault(c, len(vocab))
+    for c in chars:
+        vocab.setdefault(c + "</w>", len(vocab))
+    tok = CLIPTokenizer(vocab=vocab, merges=[])
+    img, h = 112, 32
+    g = img // 14
+    cfg = Sam3Config(
+        vision_config=dict(backbone_config=dict(model_type="sam3_vit_model", hidden_size=32, intermediate_size=64,
+                                                num_hidden_layers=2, num_attention_heads=2, image_size=img, patch_size=14,
+                                                window_size=8, global_attn_indexes=[1], pretrain_image_size=112),
+                           fpn_hidden_size=h, backbone_feature_sizes=[[4 * g, 4 * g], [2 * g, 2 * g], [g, g]]),
+        text_config=dict(model_type="clip_text_model", vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+                         projection_dim=32, num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=32,
+                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id),
+        geometry_encoder_config=dict(hidden_size=h, num_layers=1, num_attention_heads=2, intermediate_size=64),
+        detr_encoder_config=dict(hidden_size=h, num_layers=1, num_attention_heads=2, intermediate_size=64),
+        detr_decoder_config=dict(hidden_size=h, num_layers=1, num_queries=20, num_attention_heads=2, intermediate_size=64),
+        mask_decoder_config=dict(hidden_size=h, num_attention_heads=2))
+    Sam3Model(cfg).save_pretrained(directory)
+    Sam3Processor(Sam3ImageProcessor(size={"height": img, "width": img}, mask_size={"height": 4 * g, "width": 4 * g}),
+                  tok).save_pretrained(directory)
+    return directory

@@ -8,7 +8,8 @@ are decoded per image on the cached embeddings.
 `load_mask_head` picks the implementation from the model:
 - `*.pth` (optionally `vit_b:/path.pth`): an original segment-anything checkpoint, built from
   `segment_anything.sam_model_registry` and loaded with `weights_only=True`;
-- a hub id or directory whose config says `sam` or `sam2`: transformers `SamModel` / `Sam2Model`.
+- a hub id or directory whose config says `sam` or `sam2`: transformers `SamModel` / `Sam2Model`;
+- one whose config says `sam3`: transformers `Sam3Model`, prompted by phrase (`segment_text`).
 """
 
 from __future__ import annotations
@@ -193,6 +194,57 @@ class SegmentAnythingSam(MaskHead):
         return masks[:, 0].cpu().numpy(), scores[:, 0].float().cpu().numpy()
 
 
+class TransformersSam3(MaskHead):
+    """transformers `Sam3Model`: text-prompted concept segmentation, every instance of a phrase.
+
+    Vision features are computed once per image and reused for every phrase asked about it.
+    Box/point prompts are not offered: with SAM 3 the vlm-sam backend asks by phrase instead.
+    """
+
+    text_prompted = True
+
+    def __init__(self, model_id: str, path: str, *, device: str, dtype, cache_size: int,
+                 threshold: float = 0.5, mask_threshold: float = 0.5):
+        super().__init__(model_id, cache_size)
+        from transformers import AutoModel, AutoProcessor
+
+        self.device, self.dtype = device, dtype
+        self.threshold, self.mask_threshold = threshold, mask_threshold
+        self.model = AutoModel.from_pretrained(path, dtype=dtype).to(device).eval()
+        self.processor = AutoProcessor.from_pretrained(path)
+
+    def _encode(self, images: list[np.ndarray]) -> list[Any]:
+        out = []
+        for image in images:  # the vision features are a nested structure: one image per entry
+            pixels = self.processor(images=[image], return_tensors="pt")["pixel_values"].to(self.device, self.dtype)
+            out.append(self.model.get_vision_features(pixel_values=pixels))
+        return out
+
+    def _decode(self, embedding, size, boxes, points, labels):
+        raise NotImplementedError(f"{self.model_id}: SAM 3 is prompted by text here; use segment_text")
+
+    def segment_text(self, image_key: Hashable, image: np.ndarray, phrases: list[str]) -> list[MaskResult]:
+        import torch
+
+        with torch.inference_mode():
+            if image_key not in self._cache:
+                self._remember(image_key, self._encode([image])[0])
+                self.encoder_calls += 1
+            vision = self._cache[image_key]
+            self._cache.move_to_end(image_key)
+            h, w = image.shape[:2]
+            results = []
+            for phrase in phrases:
+                text = self.processor(text=[phrase], return_tensors="pt").to(self.device)
+                out = self.model(vision_embeds=vision, input_ids=text["input_ids"],
+                                 attention_mask=text["attention_mask"])
+                found = self.processor.post_process_instance_segmentation(
+                    out, threshold=self.threshold, mask_threshold=self.mask_threshold, target_sizes=[(h, w)])[0]
+                masks = found["masks"].cpu().numpy().astype(bool).reshape(-1, h, w)
+                results.append(MaskResult(masks, found["scores"].float().cpu().numpy().clip(0, 1)))
+            return results
+
+
 _PTH_VARIANT = re.compile(r"vit_[bhl]")
 
 
@@ -217,5 +269,7 @@ def load_mask_head(model: str, *, device: str, dtype, cache_size: int = 64,
     model_type = json.loads((Path(path) / "config.json").read_text()).get("model_type", "")
     if model_type in ("sam", "sam2"):
         return TransformersSam(model, path, device=device, dtype=dtype, cache_size=cache_size)
+    if model_type == "sam3":
+        return TransformersSam3(model, path, device=device, dtype=dtype, cache_size=cache_size)
     raise AutolabelError(f"--mask-model {model}: model type {model_type!r} is not a supported mask head "
-                         "(SAM or SAM 2 via transformers, or a segment-anything .pth)")
+                         "(SAM, SAM 2 or SAM 3 via transformers, or a segment-anything .pth)")

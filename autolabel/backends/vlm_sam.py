@@ -180,6 +180,8 @@ class VlmSamBackend(Backend):
 
     # -- masks: every target of every image of the batch through the mask head at once -------
     def _segment(self, states: list[_GroupState], answers, t: int) -> list[list[TargetMask]]:
+        if getattr(self.mask_head, "text_prompted", False):
+            return [self._segment_by_phrase(s, a, t) for s, a in zip(states, answers)]
         from autolabel.backends.mask_heads import PromptSet
 
         sets, owners = [], []  # owners[j]: (state index, the targets of prompt set j)
@@ -211,6 +213,24 @@ class VlmSamBackend(Backend):
                     phrase=target.phrase or target.label, mask=np.asarray(result.masks[j], dtype=bool),
                     score=float(result.scores[j]) * confidence[k], round=t)
         return [[m[k] for k in sorted(m)] for m in masks]
+
+
+    def _segment_by_phrase(self, state: _GroupState, answer, t: int) -> list[TargetMask]:
+        """A text-prompted head (SAM 3): the VLM says which labels are in which image; the head
+        segments every instance of that label there (exhaustive ontology labeling)."""
+        parsed, _, confidence = answer
+        prompt, group = state.request.prompt, state.request.group
+        asked: dict[tuple[int, str], float] = {}
+        for k, target in enumerate(parsed.targets):
+            key = (target.image - 1, target.label)
+            asked[key] = max(asked.get(key, 0.0), confidence[k])
+        masks = []
+        for (i, label), conf in asked.items():
+            (found,) = self.mask_head.segment_text((group.id, group.images[i].file), state.request.images[i], [label])
+            masks += [TargetMask(image=i, label=label, category=prompt.ontology.get(label, label), phrase=label,
+                                 mask=m, score=float(score) * conf, round=t)
+                      for m, score in zip(found.masks, found.scores)]
+        return masks
 
 
 class _TokenLogProbs:
