@@ -27,7 +27,7 @@ SMALL = {"explanation": 16, "label": 8, "phrase": 8, "reason": 8, "points": 2}
 class BoxMaskHead:
     """Test double of a MaskHead: each box becomes a filled mask; counts distinct encoded images."""
 
-    model_id = "test/box-mask-head"
+    model_id = source = "test/box-mask-head"
 
     def __init__(self):
         self.calls: list[list] = []

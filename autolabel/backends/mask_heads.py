@@ -55,8 +55,9 @@ class MaskResult:
 class MaskHead(ABC):
     """Encode-once, decode-many. Subclasses implement `_encode` and `_decode`."""
 
-    def __init__(self, model_id: str, cache_size: int = 64):
+    def __init__(self, model_id: str, cache_size: int = 64, source: str | None = None):
         self.model_id = model_id
+        self.source = source or model_id  # the directory or file the weights were read from
         self.encoder_calls = 0
         self._cache: OrderedDict[Hashable, Any] = OrderedDict()
         self._cache_size = cache_size
@@ -112,7 +113,7 @@ class TransformersSam(MaskHead):
     """transformers `SamModel` / `Sam2Model` with their processors."""
 
     def __init__(self, model_id: str, path: str, *, device: str, dtype, cache_size: int):
-        super().__init__(model_id, cache_size)
+        super().__init__(model_id, cache_size, path)
         from transformers import AutoModel, AutoProcessor
 
         self.device, self.dtype = device, dtype
@@ -156,7 +157,7 @@ class SegmentAnythingSam(MaskHead):
     """An original segment-anything checkpoint (vit_b / vit_l / vit_h, or a registered variant)."""
 
     def __init__(self, model_id: str, variant: str, path: Path, *, device: str, dtype, cache_size: int):
-        super().__init__(model_id, cache_size)
+        super().__init__(model_id, cache_size, str(path))
         import torch
         from segment_anything import SamPredictor, sam_model_registry
 
@@ -205,7 +206,7 @@ class TransformersSam3(MaskHead):
 
     def __init__(self, model_id: str, path: str, *, device: str, dtype, cache_size: int,
                  threshold: float = 0.5, mask_threshold: float = 0.5):
-        super().__init__(model_id, cache_size)
+        super().__init__(model_id, cache_size, path)
         from transformers import AutoModel, AutoProcessor
 
         self.device, self.dtype = device, dtype

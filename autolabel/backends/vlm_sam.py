@@ -82,7 +82,8 @@ class VlmSamBackend(Backend):
         self.mask_head = load_mask_head(self.mask_model, device=self.device, dtype=self.dtype)
         self._info = {"model": self.model_id, "revision": snapshot_revision(self.model_path),
                       "model_type": self.model.config.model_type, "coordinates": self.frame.value,
-                      "mask_model": self.mask_head.model_id, "device": self.device, "dtype": str(self.dtype)}
+                      "mask_model": self.mask_head.model_id,
+                      "mask_revision": snapshot_revision(self.mask_head.source), "device": self.device, "dtype": str(self.dtype)}
 
     def model_info(self) -> dict[str, Any]:
         return dict(self._info)
