@@ -84,6 +84,10 @@ def run(
         "--backend-option", help="Backend-specific KEY=VALUE (value read as YAML); repeatable.")] = None,
     allow_outside_root: Annotated[bool, typer.Option("--allow-outside-root",
                                                      help="Allow image paths outside the input root.")] = False,
+    max_pixels: Annotated[Optional[int], typer.Option(help="Refuse images with more pixels (decompression "
+                                                           "bombs).  \\[default: 178956970]")] = None,
+    decode_workers: Annotated[Optional[int], typer.Option(help="Threads decoding images ahead of the model.  "
+                                                               "\\[default: 4]")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar (for CI logs).")] = False,
     config: Annotated[Optional[Path], typer.Option(help="YAML run file with the same options; flags win.")] = None,
 ) -> None:
@@ -97,7 +101,8 @@ def run(
                  batch_size=batch_size, shard=shard, limit=limit, overwrite=overwrite, manifest=manifest,
                  group_by=group_by, var=var, device=device, dtype=dtype, max_new_tokens=max_new_tokens,
                  trust_remote_code=trust_remote_code, backend_option=backend_option,
-                 allow_outside_root=allow_outside_root, quiet=quiet)
+                 allow_outside_root=allow_outside_root, max_pixels=max_pixels, decode_workers=decode_workers,
+                 quiet=quiet)
     cfg = load_run_config(config, flags)
     from autolabel.engine import Engine
     from autolabel.progress import RichProgress
