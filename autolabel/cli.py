@@ -183,6 +183,37 @@ def prompts_render(
     typer.echo(render_for_group(template, group_dir, variables))
 
 
+# -- evaluation -----------------------------------------------------------------------------
+@app.command("eval")
+def evaluate(
+    pred: Annotated[Path, typer.Argument(help="A run directory or a COCO file (export or results).")],
+    gt: Annotated[Path, typer.Option(help="Ground-truth COCO JSON.")],
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the metrics as JSON.")] = None,
+    report: Annotated[Optional[Path], typer.Option(help="Write a Markdown report with plots here.")] = None,
+    fail_under: Annotated[Optional[list[str]], typer.Option(
+        "--fail-under", help="METRIC=VALUE; exit 1 when the metric is below it. Repeatable.")] = None,
+) -> None:
+    """Score labels against ground truth: gIoU, cIoU, mIoU, recall@0.5, N-acc, T-acc, AP."""
+    import json
+
+    from autolabel.evaluation import evaluate as _evaluate, failures, parse_fail_under, render_table, write_report
+
+    thresholds = parse_fail_under(fail_under or [])
+    result = _evaluate(pred, gt)
+    console = _console()
+    console.print(render_table(result))
+    for warning in result.warnings:
+        _console(stderr=True).print(f"[yellow]warning:[/] {escape(warning)}")
+    if json_out:
+        json_out.write_text(json.dumps(result.to_json(), indent=2) + "\n")
+    if report:
+        _console(stderr=True).print(f"report: {write_report(result, report, pred, gt)}")
+    failed = failures(result, thresholds)
+    for line in failed:
+        _console(stderr=True).print(f"[bold red]below threshold:[/] {escape(line)}")
+    raise typer.Exit(1 if failed else 0)
+
+
 # -- environment ----------------------------------------------------------------------------
 @app.command()
 def doctor() -> None:

@@ -58,7 +58,7 @@ class RunConfig(BaseModel):
     @classmethod
     def _parse_vars(cls, v: Any) -> Any:
         if isinstance(v, (list, tuple)):
-            return _key_values(v, str)
+            return key_values(v, str)
         if isinstance(v, dict):
             return {str(k): ", ".join(map(str, x)) if isinstance(x, list) else str(x) for k, x in v.items()}
         return v
@@ -68,7 +68,7 @@ class RunConfig(BaseModel):
     def _parse_backend_options(cls, v: Any) -> Any:
         """KEY=VALUE pairs whose values read as YAML (numbers, booleans, lists, mappings)."""
         if isinstance(v, (list, tuple)):
-            return _key_values(v, lambda value: yaml.safe_load(value) if value.strip() else "")
+            return key_values(v, lambda value: yaml.safe_load(value) if value.strip() else "")
         return v
 
     @field_validator("prompt", mode="before")
@@ -81,7 +81,7 @@ class RunConfig(BaseModel):
         return f"shard-{self.shard[0]}-of-{self.shard[1]}" if self.shard else None
 
 
-def _key_values(items, read_value) -> dict[str, Any]:
+def key_values(items, read_value) -> dict[str, Any]:
     """`KEY=VALUE` strings as a mapping; the value is split at the first `=` only."""
     out = {}
     for item in items:

@@ -138,3 +138,22 @@ def test_second_run_on_the_same_dir_is_refused_while_the_first_runs(tmp_path):
     finally:
         first.kill()
         first.wait()
+
+
+def test_eval_a_run_against_its_own_export_and_fail_under(tmp_path):
+    data = make_groups(tmp_path / "data", 2)
+    out = tmp_path / "run"
+    assert cli("run", str(data), "--backend", "doubles:BoxBackend", "--var", "classes=cat, dog, bird",
+               "--out", str(out), "-q").returncode == 0
+    gt = tmp_path / "gt.json"
+    assert cli("export", "coco", str(out), "-o", str(gt)).returncode == 0
+    metrics = tmp_path / "m.json"
+    r = cli("eval", str(out), "--gt", str(gt), "--json", str(metrics), "--fail-under", "gIoU=0.99")
+    assert r.returncode == 0, r.stderr
+    overall = json.loads(metrics.read_text())["overall"]
+    assert overall["gIoU"] == overall["cIoU"] == overall["mIoU"] == overall["AP"] == 1.0
+    assert overall["N-acc"] == 1.0  # "bird" was rejected and is absent from GT
+    r = cli("eval", str(out), "--gt", str(gt), "--fail-under", "T-acc=1.01")
+    assert r.returncode == 2 and "T-acc" in r.stderr
+    r = cli("eval", str(out), "--gt", str(gt), "--fail-under", "nonsense=0.5")
+    assert r.returncode == 2 and "gIoU" in r.stderr
