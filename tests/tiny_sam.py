@@ -5,9 +5,7 @@ from __future__ import annotations
 from functools import partial
 from pathlib import Path
 
-IMG = 128
-
-_built: dict[str, Path] = {}
+IMG = 128  # SAM / SAM 2 input side: real models use 1024
 
 
 def build_tiny_sam_hf(directory: Path) -> Path:
@@ -18,11 +16,13 @@ def build_tiny_sam_hf(directory: Path) -> Path:
     h = 32
     cfg = SamConfig(
         vision_config=dict(hidden_size=32, output_channels=h, num_hidden_layers=2, num_attention_heads=2, image_size=IMG,
-                           patch_size=16, window_size=4, global_attn_indexes=[1], mlp_dim=64, num_pos_feats=h // 2),
+                           patch_size=16, window_size=4, global_attn_indexes=[1], mlp_dim=64, num_pos_feats=h // 2,
+                           initializer_range=0.02),  # SamVisionConfig's default (1e-10) makes masks image-blind
         prompt_encoder_config=dict(hidden_size=h, image_size=IMG, patch_size=16),
         mask_decoder_config=dict(hidden_size=h, mlp_dim=64, num_attention_heads=2, iou_head_hidden_dim=32))
     SamModel(cfg).save_pretrained(directory)
-    SamProcessor(SamImageProcessor(size={"longest_edge": IMG}, pad_size={"height": IMG, "width": IMG})).save_pretrained(directory)
+    image_processor = SamImageProcessor(size={"longest_edge": IMG}, pad_size={"height": IMG, "width": IMG})
+    SamProcessor(image_processor).save_pretrained(directory)
     return directory
 
 
@@ -46,13 +46,17 @@ def build_tiny_sam2_hf(directory: Path) -> Path:
     return directory
 
 
-def build_tiny_segment_anything(checkpoint: Path | None = None):
-    """A tiny `Sam` in the official key layout; registered as `vit_tiny` in sam_model_registry."""
+def build_tiny_segment_anything(checkpoint: Path | None = None, width: int = 32):
+    """A tiny `Sam` in the official key layout; registered as `vit_tiny` in sam_model_registry.
+
+    Same signature as the registry's builders (`checkpoint=None` builds it empty); `width` gives
+    an architecture whose weights do not fit the default one.
+    """
     import torch
     from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
     torch.manual_seed(0)
-    enc, pdim = 32, 32
+    enc, pdim = width, width
     sam = Sam(image_encoder=ImageEncoderViT(img_size=IMG, patch_size=16, embed_dim=enc, depth=2, num_heads=2, mlp_ratio=4,
                                             out_chans=pdim, qkv_bias=True, norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
                                             use_rel_pos=True, window_size=4, global_attn_indexes=[1]),
@@ -68,28 +72,13 @@ def build_tiny_segment_anything(checkpoint: Path | None = None):
 
 
 def save_tiny_segment_anything(path: Path) -> Path:
+    """A tiny official-layout state dict at `path`; registers its builder as `vit_tiny`."""
     import torch
     from segment_anything import sam_model_registry
 
     sam_model_registry["vit_tiny"] = build_tiny_segment_anything
     torch.save(build_tiny_segment_anything().state_dict(), path)
     return path
-
-
-def tiny_mask_model(kind: str, tmp_path_factory) -> str:
-    """The session's tiny checkpoint of `kind` (sam, sam2, sam3, pth), built on first use."""
-    if kind not in _built:
-        d = tmp_path_factory.mktemp(f"tiny_{kind}")
-        if kind == "sam":
-            _built[kind] = build_tiny_sam_hf(d)
-        elif kind == "sam2":
-            _built[kind] = build_tiny_sam2_hf(d)
-        elif kind == "sam3":
-            _built[kind] = build_tiny_sam3_hf(d)
-        else:
-            _built[kind] = save_tiny_segment_anything(d / "sam_tiny.pth")
-    path = _built[kind]
-    return f"vit_tiny:{path}" if kind == "pth" else str(path)
 
 
 def build_tiny_sam3_hf(directory: Path) -> Path:
@@ -124,3 +113,19 @@ def build_tiny_sam3_hf(directory: Path) -> Path:
     Sam3Processor(Sam3ImageProcessor(size={"height": img, "width": img}, mask_size={"height": 4 * g, "width": 4 * g}),
                   tok).save_pretrained(directory)
     return directory
+
+
+BUILDERS = {"sam": build_tiny_sam_hf, "sam2": build_tiny_sam2_hf, "sam3": build_tiny_sam3_hf,
+            "pth": lambda d: save_tiny_segment_anything(d / "sam_tiny.pth")}
+_built: dict[str, Path] = {}
+
+
+def tiny_mask_model(kind: str, tmp_path_factory) -> str:
+    """The session's tiny checkpoint of `kind` (sam, sam2, sam3, pth), built on first use.
+
+    `.pth` comes back as `vit_tiny:FILE`, the explicit-variant form users write.
+    """
+    if kind not in _built:
+        _built[kind] = BUILDERS[kind](tmp_path_factory.mktemp(f"tiny_{kind}"))
+    path = _built[kind]
+    return f"vit_tiny:{path}" if kind == "pth" else str(path)
