@@ -214,6 +214,78 @@ def evaluate(
     raise typer.Exit(1 if failed else 0)
 
 
+# -- FiftyOne review -------------------------------------------------------------------------
+@app.command()
+def push(
+    run_dirs: Annotated[list[Path], typer.Argument(help="One or more run directories (shards merge).")],
+    dataset: Annotated[str, typer.Option("--dataset", "-d", help="FiftyOne dataset name (created if new).")],
+    field: Annotated[Optional[str], typer.Option(help="Label field for this run.  \\[default: predictions, "
+                                                      "or predictions_<model> when that holds another model]")] = None,
+    image_root: Annotated[Optional[Path], typer.Option(help="Where the run's images are now, if not at the "
+                                                            "input root run.json records.")] = None,
+) -> None:
+    """Push predictions into a persistent grouped FiftyOne dataset: a group per image group x template."""
+    from autolabel.review.push import push as _push
+
+    stats = _push(list(run_dirs), dataset, label_field=field, image_root=image_root)
+    _console(stderr=True).print(f"pushed to {escape(dataset)}.{escape(stats.field)}: {stats}", soft_wrap=True)
+
+
+@app.command()
+def review(
+    dataset: Annotated[str, typer.Argument(help="A dataset made by `autolabel push`.")],
+    port: Annotated[int, typer.Option(help="Port of the App.")] = 5151,
+    address: Annotated[str, typer.Option(help="Address to serve on (0.0.0.0 for other machines).")] = "127.0.0.1",
+    field: Annotated[Optional[str], typer.Option(help="Pushed field to review.  \\[default: predictions]")] = None,
+    reviewed_field: Annotated[str, typer.Option(help="Editable copy reviewers work in.")] = "reviewed",
+) -> None:
+    """Make an editable `reviewed` field and serve the FiftyOne App; fix masks in its Annotate tab."""
+    from autolabel.review.app import app_url, launch, prepare_review
+    from autolabel.review.database import connect, load_dataset
+
+    ds = load_dataset(dataset)
+    setup = prepare_review(ds, field, reviewed_field)
+    err = _console(stderr=True)
+    err.print(f"reviewing {escape(setup.source)} in field {escape(setup.reviewed)} "
+              f"({setup.samples_added} samples added to it; classes: {escape(', '.join(setup.classes))})")
+    session = launch(connect(), ds, address=address, port=port)
+    typer.echo(f"App: {app_url(address, port, dataset)}", nl=True)
+    sys.stdout.flush()
+    err.print("edit masks in the Annotate tab; they save as you go. "
+              f"Then: autolabel pull {escape(dataset)} -o corrected.json   (Ctrl-C stops the App)")
+    try:
+        session.wait(-1)
+    except KeyboardInterrupt:
+        pass
+
+
+@app.command()
+def pull(
+    dataset: Annotated[str, typer.Argument(help="A dataset made by `autolabel push` and reviewed.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="COCO JSON file to write.")],
+    since: Annotated[Optional[str], typer.Option(help="Only groups changed since: ISO time, 90m/2h/1d, or last.")] = None,
+    reviewed_field: Annotated[str, typer.Option(help="The reviewed field to read.")] = "reviewed",
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the change report as JSON.")] = None,
+) -> None:
+    """Write the reviewed masks as COCO at image resolution and report what reviewers changed."""
+    import json
+
+    from rich.table import Table
+
+    from autolabel.review.pull import CHANGES, pull as _pull
+
+    report = _pull(dataset, output, since=since, reviewed=reviewed_field)
+    table = Table("category", *CHANGES, title=f"{report.reviewed} vs {report.source}")
+    for name, counts in sorted(report.changes.items()):
+        table.add_row(escape(name), *(str(counts[c]) for c in CHANGES))
+    totals = report.totals()
+    table.add_row("[bold]all[/]", *(f"[bold]{totals[c]}[/]" for c in CHANGES))
+    _console().print(table)
+    if json_out:
+        json_out.write_text(json.dumps(report.to_json(), indent=2) + "\n")
+    _console(stderr=True).print(f"wrote {output}: {report.groups} groups; {report.export}", soft_wrap=True)
+
+
 # -- environment ----------------------------------------------------------------------------
 @app.command()
 def doctor() -> None:

@@ -107,7 +107,7 @@ def index_runs(run_dirs: list[Path]) -> RunIndex:
                          f"prediction {pred.key}, mask of {segment.label!r}")
             supercategory.setdefault(segment_category(segment), "object")
     categories = [Category(i, name, sup) for i, (name, sup) in enumerate(supercategory.items(), 1)]
-    _assign_image_ids(images)
+    assign_image_ids(images)
     return RunIndex(categories, images)
 
 
@@ -124,7 +124,8 @@ def _merge_image(record: ImageRecord, width: int | None, height: int | None, ima
                                  f"another prediction says {known}")
 
 
-def _assign_image_ids(images: dict[str, ImageRecord]) -> None:
+def assign_image_ids(images: dict[str, ImageRecord]) -> None:
+    """Keep given ids; number the rest after the largest one, in sorted path order."""
     owner: dict[int, str] = {}
     for record in images.values():
         if record.id is not None:
@@ -139,14 +140,15 @@ def _assign_image_ids(images: dict[str, ImageRecord]) -> None:
             next_id += 1
 
 
-def export_coco(run_dirs: list[Path], out: Path, *, polygons: bool = False,
-                min_score: float = 0.0) -> ExportStats:
+def export_coco(run_dirs: list[Path], out: Path, *, polygons: bool = False, min_score: float = 0.0,
+                description: str | None = None) -> ExportStats:
     """Write the predictions of `run_dirs` (merged, last line per key wins) as one COCO file."""
     run_dirs = [Path(r) for r in run_dirs]
     out = Path(out)
     index = index_runs(run_dirs)
     stats = ExportStats(images=len(index.images), categories=len(index.categories))
-    info = {"description": "autolabel predictions of " + ", ".join(str(r) for r in run_dirs),
+    description = description or "autolabel predictions of " + ", ".join(str(r) for r in run_dirs)
+    info = {"description": description,
             "version": __version__, "date_created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     categories = [{"id": c.id, "name": c.name, "supercategory": c.supercategory} for c in index.categories]
     with atomic_output(out) as f, tempfile.TemporaryFile("w+", encoding="utf-8", dir=out.parent) as spool:

@@ -1,0 +1,88 @@
+"""The dataset layout `push` writes and `review`/`pull` read: slices, identity and run fields.
+
+One FiftyOne group per (image group x template), one slice per image (`image1`, `image2`, ...).
+A sample is identified by (group_id, template, image_index), so a second push finds it again.
+Everything a run says about a sample lives in fields named after its label field, so a second run
+pushed to another field sits beside the first instead of overwriting its explanation.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from autolabel.errors import AutolabelError
+
+INFO_KEY = "autolabel"  # dataset.info[INFO_KEY]: the pushed runs and the review, for review and pull
+GROUP_FIELD = "group"
+IDENTITY_FIELDS = ("group_id", "template", "image_index")
+# Shared by every run: the image's path relative to the input root and its input COCO id.
+IMAGE_FIELDS = ("file", "image_id")
+FAILED_TAG = "failed"
+REJECTED_TAG = "rejected"
+DEFAULT_FIELD = "predictions"
+DEFAULT_REVIEWED_FIELD = "reviewed"
+_FIELD_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+_RESERVED = {"id", "filepath", "tags", "metadata", "created_at", "last_modified_at", GROUP_FIELD,
+             *IDENTITY_FIELDS, *IMAGE_FIELDS}
+
+
+def slice_name(image_index: int) -> str:
+    return f"image{image_index + 1}"
+
+
+def check_field_name(name: str) -> str:
+    """A label field name FiftyOne and MongoDB accept and that no layout field uses."""
+    if not _FIELD_NAME.fullmatch(name) or name in _RESERVED:
+        raise AutolabelError(f"--field {name!r}: use letters, digits and _ (starting with a letter), "
+                             f"and none of {', '.join(sorted(_RESERVED))}")
+    return name
+
+
+@dataclass(frozen=True)
+class RunFields:
+    """The sample fields one pushed run occupies, all derived from its label field's name."""
+
+    labels: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.labels}_key"
+
+    @property
+    def model(self) -> str:
+        return f"{self.labels}_model"
+
+    @property
+    def run_id(self) -> str:
+        return f"{self.labels}_run_id"
+
+    @property
+    def question(self) -> str:
+        return f"{self.labels}_question"
+
+    @property
+    def explanation(self) -> str:
+        return f"{self.labels}_explanation"
+
+    @property
+    def rejected(self) -> str:
+        return f"{self.labels}_rejected"
+
+    @property
+    def error(self) -> str:
+        return f"{self.labels}_error"
+
+    @property
+    def record(self) -> str:
+        """The prediction line without its masks (JSON): pull rebuilds the line from it."""
+        return f"{self.labels}_record"
+
+    @property
+    def digest(self) -> str:
+        """A hash of the whole prediction line: a second push of the same line writes nothing."""
+        return f"{self.labels}_digest"
+
+    def all(self) -> list[str]:
+        return [self.labels, self.key, self.model, self.run_id, self.question, self.explanation,
+                self.rejected, self.error, self.record, self.digest]
