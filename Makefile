@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 DEMO_OUT ?= runs/demo
 
-.PHONY: demo test install install-test clean
+.PHONY: demo test install install-test browser clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,12 @@ $(VENV)/.installed-test: $(VENV)/.installed
 	$(PY) -m pip install -q -e ".[test]"
 	touch $@
 
+# The FiftyOne App browser test needs Debian's chromium (a test tool's own browser download fails offline).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+		{ $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+
 install: $(VENV)/.installed
 
 install-test: $(VENV)/.installed-test
@@ -29,8 +35,8 @@ demo: install
 	$(VENV)/bin/autolabel run examples/groups --prompt functional --prompt ontology --out $(DEMO_OUT)
 	$(VENV)/bin/autolabel export coco $(DEMO_OUT) -o $(DEMO_OUT)/coco.json
 
-test: install-test
+test: install-test browser
 	$(PY) -m pytest -q
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache test-artifacts
