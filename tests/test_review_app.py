@@ -16,11 +16,11 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
-from conftest import _free_port
 from PIL import Image
 from test_cli import TESTS
 from test_review import labelled_run
 
+from autolabel.review.database import free_port
 from autolabel.review.push import push
 
 ARTIFACTS = Path(os.environ.get("AUTOLABEL_TEST_ARTIFACTS", TESTS.parent / "test-artifacts"))
@@ -66,7 +66,7 @@ def wait_for_app(proc: subprocess.Popen, port: int, timeout: float = 90) -> str:
 def test_review_serves_the_app_and_chromium_shows_the_pushed_dataset(fo_db, tmp_path):
     name = "app_review"
     push([labelled_run(tmp_path)], name)
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "autolabel", "review", name, "--port", str(port)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})

