@@ -33,7 +33,7 @@ class PushStats:
     samples_added: int = 0
     samples_updated: int = 0
     samples_unchanged: int = 0
-    masks: int = 0
+    masks: int = 0  # masks written (none for unchanged samples)
     failed_groups: int = 0
     rejected_targets: int = 0
     skipped_no_images: int = 0  # failures before any image was known (a bad manifest line)
@@ -61,6 +61,7 @@ def push(run_dirs: list[Path], dataset_name: str, *, label_field: str | None = N
     state = dict(dataset.info.get(INFO_KEY) or {"runs": {}})
     models = sorted({info.get("model") for info in infos if info.get("model")})
     fields = RunFields(_choose_field(label_field, state["runs"], models))
+    _declare_fields(fo, dataset, fields)
     stats = PushStats(field=fields.labels)
     existing = _scan(dataset, fields)
     writer = _BatchWriter(fo, dataset, fields, existing, stats)
@@ -99,6 +100,23 @@ def _open_dataset(fo, name: str):
     # pull reads groups in this order, and push finds samples by it
     dataset.create_index([(f, 1) for f in IDENTITY_FIELDS])
     return dataset
+
+
+def _declare_fields(fo, dataset, fields: RunFields) -> None:
+    """Declare the run's fields once, so bulk writes skip FiftyOne's per-sample schema merging."""
+    schema = dataset.get_field_schema(flat=True)
+    declared = {fields.labels: dict(ftype=fo.EmbeddedDocumentField, embedded_doc_type=fo.Detections),
+                f"{fields.labels}.detections.model_label": dict(ftype=fo.StringField),
+                f"{fields.labels}.detections.phrase": dict(ftype=fo.StringField),
+                f"{fields.labels}.detections.round": dict(ftype=fo.IntField),
+                f"{fields.labels}.detections.turn": dict(ftype=fo.IntField),
+                fields.rejected: dict(ftype=fo.ListField, subfield=fo.StringField)}
+    for name in (fields.key, fields.model, fields.run_id, fields.question, fields.explanation, fields.error,
+                 fields.record, fields.digest):
+        declared[name] = dict(ftype=fo.StringField)
+    for name, kind in declared.items():
+        if name not in schema:
+            dataset.add_sample_field(name, **kind)
 
 
 def _choose_field(requested: str | None, runs: dict, models: list[str]) -> str:
@@ -143,17 +161,17 @@ class _BatchWriter:
         self.stats.failed_groups += pred.status != "ok"
         self.stats.rejected_targets += sum(len(t.rejected) for t in pred.turns)
         digest = hashlib.sha1(pred.to_json().encode()).hexdigest()
-        shared = self._shared_values(pred, run_id, digest)
-        fo_group = None
+        shared, fo_group = None, None
         for index, image in enumerate(pred.images):
             identity = (pred.group_id, pred.template, index)
-            values = {**shared, **self._image_values(pred, index)}
             known = self.existing.samples.get(identity)
+            if known is not None and known[1] == digest:
+                self.stats.samples_unchanged += 1
+                continue
+            shared = shared or self._shared_values(pred, run_id, digest)
+            values = {**shared, **self._image_values(pred, index)}
             if known is not None:
-                sample_id, known_digest, tags = known
-                if known_digest == digest:
-                    self.stats.samples_unchanged += 1
-                    continue
+                sample_id, _, tags = known
                 values["tags"] = sorted(set(tags) - {FAILED_TAG, REJECTED_TAG} | set(values["tags"]))
                 self.updates[sample_id] = values
                 self.stats.samples_updated += 1
@@ -199,7 +217,10 @@ class _BatchWriter:
 
     def flush(self) -> None:
         if self.new:
-            ids = self.dataset.add_samples(list(self.new.values()), dynamic=True, progress=False)
+            for name in sorted({sample.group.name for sample in self.new.values()} - set(self.dataset.group_slices)):
+                self.dataset.add_group_slice(name, "image")
+            ids = self.dataset.add_samples(list(self.new.values()), expand_schema=False, validate=False,
+                                           progress=False)
             for (identity, sample), sample_id in zip(self.new.items(), ids):
                 self.existing.samples[identity] = (sample_id, sample[self.fields.digest], sample.tags)
                 self.existing.groups[identity[:2]] = sample.group.id
@@ -208,7 +229,7 @@ class _BatchWriter:
             view = self.dataset.select_group_slices()
             for name in next(iter(self.updates.values())):
                 view.set_values(name, {sid: values[name] for sid, values in self.updates.items()},
-                                key_field="id", dynamic=True)
+                                key_field="id", expand_schema=False)
             self.updates = {}
 
 
