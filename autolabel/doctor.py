@@ -40,7 +40,7 @@ KNOWN_CHECKPOINTS = (
 # Distribution name -> what autolabel uses it for (said when it is missing).
 LIBRARIES = {
     "transformers": "the VLM and SAM-family models",
-    "fiftyone": "`autolabel review` (push to / pull from FiftyOne)",
+    "fiftyone": "`autolabel push`, `review` and `pull` (the FiftyOne review loop)",
     "segment-anything": "original segment-anything .pth checkpoints",
     "xgrammar": "JSON answers constrained by the template's schema",
     "pycocotools": "RLE masks and COCO export",

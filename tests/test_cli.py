@@ -41,13 +41,15 @@ def test_version_and_help():
     r = cli("--version")
     assert r.returncode == 0 and r.stdout.startswith("autolabel ")
     for cmd in (["--help"], ["run", "--help"], ["export", "coco", "--help"], ["export", "masks", "--help"],
-                ["prompts", "render", "--help"], ["doctor", "--help"], ["models", "--help"]):
+                ["prompts", "render", "--help"], ["doctor", "--help"], ["models", "--help"], ["push", "--help"],
+                ["review", "--help"], ["pull", "--help"]):
         r = cli(*cmd)
         assert r.returncode == 0, (cmd, r.stderr)
         assert "Usage" in r.stdout
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["prompts", "list"], ["run", "--help"]])
+@pytest.mark.parametrize("argv", [["--help"], ["prompts", "list"], ["run", "--help"], ["push", "--help"],
+                                  ["pull", "--help"]])
 def test_light_commands_do_not_import_heavy_libraries(argv):
     assert imported_heavy(*argv) == []
 
