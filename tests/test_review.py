@@ -11,6 +11,7 @@ from conftest import make_groups
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from test_cli import cli
+from test_engine import TEMPLATE
 
 from autolabel.config import RunConfig
 from autolabel.engine import Engine
@@ -21,18 +22,6 @@ from autolabel.review.database import load_dataset
 from autolabel.review.detections import detection_mask
 from autolabel.review.pull import parse_since, pull
 from autolabel.review.push import push
-
-TEMPLATE = """
-name: pets
-category: multi-round
-turns:
-  - "Segment {{ targets }} in the {{ num_images }} images."
-  - "Now the one next to it."
-variables:
-  targets: {default: "cat, dog, bird"}
-ontology: "{{ targets }}"
-"""
-
 
 def labelled_run(tmp_path: Path, name: str = "run", model: str | None = None, n_groups: int = 4) -> Path:
     """A run of the test backend: groups of 1-3 images, two turns, a rejected target, one failed group."""

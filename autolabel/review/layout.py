@@ -9,7 +9,7 @@ pushed to another field sits beside the first instead of overwriting its explana
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from autolabel.errors import AutolabelError
 
@@ -41,48 +41,19 @@ def check_field_name(name: str) -> str:
 
 @dataclass(frozen=True)
 class RunFields:
-    """The sample fields one pushed run occupies, all derived from its label field's name."""
+    """The sample fields one pushed run occupies, all named after its label field (`F`, `F_key`, ...)."""
 
-    labels: str
+    labels: str  # fo.Detections with the instance masks
+    key: str
+    model: str
+    run_id: str
+    question: str
+    explanation: str
+    rejected: str
+    error: str
+    record: str  # the prediction line without its masks (JSON): pull rebuilds the line from it
+    digest: str  # a hash of the whole line: a second push of the same line writes nothing
 
-    @property
-    def key(self) -> str:
-        return f"{self.labels}_key"
-
-    @property
-    def model(self) -> str:
-        return f"{self.labels}_model"
-
-    @property
-    def run_id(self) -> str:
-        return f"{self.labels}_run_id"
-
-    @property
-    def question(self) -> str:
-        return f"{self.labels}_question"
-
-    @property
-    def explanation(self) -> str:
-        return f"{self.labels}_explanation"
-
-    @property
-    def rejected(self) -> str:
-        return f"{self.labels}_rejected"
-
-    @property
-    def error(self) -> str:
-        return f"{self.labels}_error"
-
-    @property
-    def record(self) -> str:
-        """The prediction line without its masks (JSON): pull rebuilds the line from it."""
-        return f"{self.labels}_record"
-
-    @property
-    def digest(self) -> str:
-        """A hash of the whole prediction line: a second push of the same line writes nothing."""
-        return f"{self.labels}_digest"
-
-    def all(self) -> list[str]:
-        return [self.labels, self.key, self.model, self.run_id, self.question, self.explanation,
-                self.rejected, self.error, self.record, self.digest]
+    @classmethod
+    def of(cls, labels: str) -> RunFields:
+        return cls(labels, *(f"{labels}_{f.name}" for f in fields(cls)[1:]))

@@ -80,7 +80,7 @@ def pull(dataset_name: str, out: Path, *, since: str | None = None, reviewed: st
         raise AutolabelError(f"dataset {dataset_name!r} has no reviewed field {reviewed!r}; "
                              f"start the review with `autolabel review {dataset_name}`")
     started = datetime.now(timezone.utc)
-    source = RunFields(review["source"])
+    source = RunFields.of(review["source"])
     view = dataset.select_group_slices().exists(source.record)
     if since:
         from fiftyone import ViewField as F

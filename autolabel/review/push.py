@@ -60,7 +60,7 @@ def push(run_dirs: list[Path], dataset_name: str, *, label_field: str | None = N
     dataset = _open_dataset(fo, dataset_name)
     state = dict(dataset.info.get(INFO_KEY) or {"runs": {}})
     models = sorted({info.get("model") for info in infos if info.get("model")})
-    fields = RunFields(_choose_field(label_field, state["runs"], models))
+    fields = RunFields.of(_choose_field(label_field, state["runs"], models))
     _declare_fields(fo, dataset, fields)
     stats = PushStats(field=fields.labels)
     existing = _scan(dataset, fields)
