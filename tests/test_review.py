@@ -210,6 +210,8 @@ def test_review_never_overwrites_reviewers_work(fo_db, tmp_path, dataset_name):
     sample.save()
     again = prepare_review(ds)
     assert again.samples_added == 0
+    with pytest.raises(AutolabelError, match="'reviewed' is a reviewed field"):
+        push([run], dataset_name, label_field="reviewed")
     sample.reload()
     assert sample.reviewed.detections == []
     push([labelled_run(tmp_path, "run2", model="m2")], dataset_name)

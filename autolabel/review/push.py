@@ -60,7 +60,7 @@ def push(run_dirs: list[Path], dataset_name: str, *, label_field: str | None = N
     dataset = _open_dataset(fo, dataset_name)
     state = dict(dataset.info.get(INFO_KEY) or {"runs": {}})
     models = sorted({info.get("model") for info in infos if info.get("model")})
-    fields = RunFields.of(_choose_field(label_field, state["runs"], models))
+    fields = RunFields.of(_choose_field(label_field, state["runs"], state.get("reviews") or {}, models))
     _declare_fields(fo, dataset, fields)
     stats = PushStats(field=fields.labels)
     existing = _scan(dataset, fields)
@@ -92,9 +92,10 @@ def _open_dataset(fo, name: str):
         return dataset
     dataset = fo.Dataset(name, persistent=True)
     dataset.add_group_field(GROUP_FIELD, default=slice_name(0))
-    for name, kind in zip((*IDENTITY_FIELDS, *IMAGE_FIELDS), (fo.StringField, fo.StringField, fo.IntField,
-                                                            fo.StringField, fo.IntField)):
-        dataset.add_sample_field(name, kind)
+    kinds = {"group_id": fo.StringField, "template": fo.StringField, "image_index": fo.IntField,
+             "file": fo.StringField, "image_id": fo.IntField}
+    for field_name in (*IDENTITY_FIELDS, *IMAGE_FIELDS):
+        dataset.add_sample_field(field_name, kinds[field_name])
     dataset.info[INFO_KEY] = {"runs": {}}
     dataset.save()
     # pull reads groups in this order, and push finds samples by it
@@ -119,9 +120,11 @@ def _declare_fields(fo, dataset, fields: RunFields) -> None:
             dataset.add_sample_field(name, **kind)
 
 
-def _choose_field(requested: str | None, runs: dict, models: list[str]) -> str:
+def _choose_field(requested: str | None, runs: dict, reviews: dict, models: list[str]) -> str:
     """The asked field; else `predictions`, unless it holds another model's run: then its own field."""
     if requested:
+        if requested in reviews:
+            raise AutolabelError(f"--field {requested!r} is a reviewed field; reviewers' edits live there")
         return check_field_name(requested)
     pushed = runs.get(DEFAULT_FIELD)
     if pushed is None or set(pushed.get("models", [])) == set(models):
@@ -135,13 +138,10 @@ def _scan(dataset, fields: RunFields) -> _Existing:
     view = dataset.select_group_slices()
     if not len(view):
         return existing
-    digest = fields.digest if fields.digest in view.get_field_schema() else None
-    names = ["id", "group.id", "tags", *IDENTITY_FIELDS] + ([digest] if digest else [])
-    columns = view.values(names)
-    digests = columns[-1] if digest else [None] * len(columns[0])
-    for sample_id, group_id_fo, tags, group_id, template, index, value in zip(*columns[:6], digests):
-        existing.samples[(group_id, template, index)] = (sample_id, value, tags or [])
-        existing.groups[(group_id, template)] = group_id_fo
+    columns = view.values(["id", "group.id", "tags", *IDENTITY_FIELDS, fields.digest])
+    for sample_id, fo_group_id, tags, group_id, template, index, digest in zip(*columns):
+        existing.samples[(group_id, template, index)] = (sample_id, digest, tags or [])
+        existing.groups[(group_id, template)] = fo_group_id
     return existing
 
 
