@@ -76,7 +76,7 @@ def test_push_review_pull_without_edits_returns_the_runs_masks(fo_db, tmp_path, 
     slices = ds.select_group_slices()
     assert len(slices) == stats.samples_added
     assert sorted(ds.group_slices) == ["image1", "image2", "image3"]
-    assert len(ds.distinct("group.id")) <= 7 and len(slices.distinct("group.id")) == 7
+    assert len(slices.distinct("group.id")) == 7  # one FiftyOne group per image group x template
     sample = slices.match({"group_id": "g001", "image_index": 1}).first()
     assert sample.template == "pets" and sample.file == "g001/img2.png"
     assert sample.predictions_model == "test/box-v1" and sample.predictions_run_id
