@@ -214,6 +214,73 @@ def evaluate(
     raise typer.Exit(1 if failed else 0)
 
 
+# -- training -------------------------------------------------------------------------------
+train_app = typer.Typer(help="Train a PRIMA model on your own data.", no_args_is_help=True)
+app.add_typer(train_app, name="train")
+
+
+@train_app.command("prima")
+def train_prima(
+    data: Annotated[Path, typer.Option(help="Training JSONL (see README: PRIMA training data).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Checkpoint directory to write.")],
+    val: Annotated[Optional[Path], typer.Option(help="Validation JSONL, scored each epoch.")] = None,
+    vision: Annotated[str, typer.Option(help="Vision tower: CLIP, SigLIP or DINOv2 hub id or dir.")]
+    = "openai/clip-vit-large-patch14",
+    llm: Annotated[str, typer.Option(help="Causal LM hub id or dir.")] = "Qwen/Qwen2.5-0.5B-Instruct",
+    sam: Annotated[str, typer.Option(help="segment-anything .pth (vit_b/l/h from its name, or vit_b:FILE).")]
+    = "sam_vit_b_01ec64.pth",
+    init: Annotated[Optional[str], typer.Option(help="Continue from a PRIMA checkpoint instead of parts.")] = None,
+    epochs: Annotated[int, typer.Option(help="Passes over the data.")] = 1,
+    batch_size: Annotated[int, typer.Option(help="Groups per forward pass.")] = 2,
+    grad_accum: Annotated[int, typer.Option(help="Batches per optimizer step.")] = 1,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 1e-4,
+    save_every: Annotated[int, typer.Option(help="Optimizer steps between checkpoints.")] = 500,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT's latest checkpoint.")] = False,
+    skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Leave bad lines out (counted) instead of "
+                                                               "stopping.")] = False,
+    relational_queries: Annotated[int, typer.Option(help="SQuARE relational queries (0: the ablation "
+                                                         "without them).")] = 32,
+    image_queries: Annotated[int, typer.Option(help="Visual tokens per image.")] = 32,
+    lora_r: Annotated[int, typer.Option(help="LoRA rank.")] = 8,
+    device: Annotated[Optional[str], typer.Option(help="cuda, cuda:1, cpu.  \\[default: cuda if available]")] = None,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+) -> None:
+    """Train PRIMA: SQuARE + LoRA LLM + SAM decoder; checkpoints, --resume, validation per epoch."""
+    from autolabel.prima.config import LoraSpec, SquareSpec
+    from autolabel.prima.train import TrainOptions, train
+    from autolabel.progress import TrainProgress
+
+    square = SquareSpec(num_relational_queries=max(relational_queries, 1), num_image_queries=image_queries,
+                        use_relational_queries=relational_queries > 0)
+    options = TrainOptions(data=data, val=val, out=out, vision=vision, llm=llm, sam=sam, init=init, epochs=epochs,
+                           batch_size=batch_size, grad_accum=grad_accum, lr=lr, save_every=save_every, resume=resume,
+                           skip_bad=skip_bad, square=square, lora=LoraSpec(r=lora_r, alpha=2 * lora_r),
+                           device=device, seed=seed)
+    err = _console(stderr=True)
+    summary = train(options, TrainProgress(err))
+    for line in summary.skipped:
+        err.print(f"[yellow]skipped:[/] {escape(line)}", soft_wrap=True)
+    for metrics in summary.metrics:
+        err.print(f"epoch {metrics['epoch']}: " + ", ".join(f"{k} {v}" for k, v in metrics.items()
+                                                             if k not in ("epoch", "step")), soft_wrap=True)
+    err.print(f"saved {out} after {summary.steps} steps ({summary.examples} examples, {len(summary.skipped)} "
+              f"lines skipped); last losses {summary.last_loss}", soft_wrap=True)
+
+
+@train_app.command("convert-coco")
+def train_convert_coco(
+    coco: Annotated[Path, typer.Argument(help="COCO JSON with masks (RLE or polygons).")],
+    questions: Annotated[Path, typer.Option(help="JSONL: id, images (file_names), question, targets.")],
+    images: Annotated[Path, typer.Option(help="Folder the COCO file_names are relative to.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Training JSONL to write.")],
+) -> None:
+    """Make PRIMA training lines from COCO masks and a questions file."""
+    from autolabel.prima.data import convert_coco
+
+    n = convert_coco(coco, questions, images, output)
+    _console(stderr=True).print(f"wrote {output}: {n} training lines")
+
+
 # -- FiftyOne review -------------------------------------------------------------------------
 @app.command()
 def push(

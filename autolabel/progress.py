@@ -68,3 +68,28 @@ def print_summary(console: Console, summary: RunSummary, out: Path, max_listed: 
             console.print(f"  {key}: {reason}", highlight=False, markup=False)
         if len(summary.failed) > max_listed:
             console.print(f"  ... and {len(summary.failed) - max_listed} more (status \"error\" in predictions*.jsonl)")
+
+
+class TrainProgress:
+    """Batches done of total, the latest losses and ETA, for `autolabel train`."""
+
+    def __init__(self, console: Console):
+        self.console = console
+        self._bar: _RichProgress | None = None
+
+    def start(self, total_batches: int, done: int = 0) -> None:
+        self._bar = _RichProgress(TextColumn("[bold]training"), BarColumn(), MofNCompleteColumn(),
+                                  TextColumn("{task.fields[losses]}"), TimeElapsedColumn(), TextColumn("eta"),
+                                  TimeRemainingColumn(), console=self.console)
+        self._bar.start()
+        self._bar.add_task("batches", total=total_batches, completed=done, losses="")
+
+    def advance(self, losses: dict[str, float]) -> None:
+        if self._bar is not None:
+            shown = " ".join(f"{k} {v:.3f}" for k, v in losses.items() if k != "loss")
+            self._bar.update(self._bar.task_ids[0], advance=1, losses=shown)
+
+    def stop(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None

@@ -61,3 +61,8 @@ register(BackendSpec(
     "a SAM-family head turns its boxes into masks",
     default_model="Qwen/Qwen2.5-VL-3B-Instruct", default_mask_model="facebook/sam2.1-hiera-base-plus",
 ))
+register(BackendSpec(
+    "prima", "autolabel.backends.prima:PrimaBackend",
+    "PRIMA (SQuARE cross-image queries + LLM emitting [SEG]/[REJ] + SAM decoder), a checkpoint trained with "
+    "`autolabel train prima`; pass --model DIR",
+))

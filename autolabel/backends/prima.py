@@ -1,0 +1,70 @@
+"""The `prima` backend: a PRIMA checkpoint (trained with `autolabel train prima`) served by the engine.
+
+Greedy answers turn by turn; each `[SEG]` is a mask on the image the pointer head picks, each
+`[REJ]` a rejected target. The phrase before a marker is filed under the ontology entry it names.
+A group's visual prompts (exemplar boxes) enter the first question as `<ref>` tokens.
+"""
+
+from __future__ import annotations
+
+from autolabel.backends.base import Answer, Backend, BackendOptions, Request, TargetMask, TurnAnswer
+from autolabel.prediction import Rejection
+
+
+class PrimaBackend(Backend):
+    name = "prima"
+    default_model = None  # no public PRIMA weights: train one (`autolabel train prima`) and pass --model DIR
+
+    def __init__(self, options: BackendOptions):
+        super().__init__(options)
+        from autolabel.backends.loading import pick_device, pick_dtype, resolve_pretrained
+        from autolabel.errors import AutolabelError
+        from autolabel.prima.model import PrimaModel
+
+        if not options.model:
+            raise AutolabelError("--backend prima needs --model DIR: a checkpoint written by `autolabel train prima`")
+        self.device = pick_device(options.device)
+        self.model = PrimaModel.from_pretrained(resolve_pretrained(options.model), device=self.device,
+                                                dtype=pick_dtype(options.dtype, self.device))
+        self.sources = self.model.config.sources
+
+    def model_info(self) -> dict:
+        return {"model": self.model_id, "sources": self.sources}
+
+    def predict(self, requests: list[Request]) -> list[Answer]:
+        return [self._answer(request) for request in requests]
+
+    def _answer(self, request: Request) -> Answer:
+        from autolabel.prima.model import Example, Turn
+        from autolabel.prima.config import REFER
+
+        refs = [(k, box) for k, image in enumerate(request.group.images) if image.prompt
+                for box in image.prompt.boxes]
+        turns = [Turn(t.text) for t in request.prompt.turns]
+        if refs:
+            turns[0].question += " Exemplars: " + ", ".join(f"Image {k + 1} {REFER}" for k, _ in refs) + "."
+            turns[0].refs = refs
+        generated = self.model.generate(Example(request.images, turns), max_new_tokens=self.options.max_new_tokens)
+        names = {**{c: c for c in request.prompt.categories}, **request.prompt.ontology}
+        answers = []
+        for round_, (turn, g) in enumerate(zip(request.prompt.turns, generated)):
+            masks, rejected = [], []
+            for item in g.grounded:
+                label = _named(item.phrase, names)
+                category = names.get(label, label)
+                if item.mask is None:
+                    rejected.append(Rejection(label=label, category=category, phrase=item.phrase, round=round_))
+                else:
+                    masks.append(TargetMask(image=item.image, label=label, category=category, phrase=item.phrase,
+                                            mask=item.mask, score=item.score, round=round_))
+            answers.append(TurnAnswer(question=turn.text, answer=g.answer, masks=masks, rejected=rejected))
+        return Answer(answers)
+
+    def close(self) -> None:
+        del self.model
+
+
+def _named(phrase: str, names: dict[str, str]) -> str:
+    from autolabel.prima.scoring import match_category
+
+    return match_category(phrase, list(names))

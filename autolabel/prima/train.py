@@ -1,0 +1,188 @@
+"""`autolabel train prima`: the training loop, with accumulation, checkpoints, resume and validation.
+
+Checkpoints (`OUT/checkpoints/step-N/`) hold the model with LoRA unmerged, the optimizer and the
+loop's position, so `--resume` continues exactly where a killed run stopped. Each epoch ends with
+validation through the same generate path inference uses, scored by `autolabel eval`'s metrics;
+the figures go to `OUT/metrics.jsonl`. The final model is saved in OUT with LoRA merged.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import tempfile
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from autolabel.errors import AutolabelError
+from autolabel.prima.config import LoraSpec, SamSpec, SquareSpec
+from autolabel.prima.data import Record, load_records
+from autolabel.prima.model import PrimaModel
+
+CHECKPOINTS = "checkpoints"
+STATE_FILE = "trainer_state.json"
+METRICS_FILE = "metrics.jsonl"
+
+
+class TrainOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    data: Path
+    out: Path
+    val: Path | None = None
+    init: str | None = None  # an existing PRIMA checkpoint to continue from, instead of parts
+    vision: str = "openai/clip-vit-large-patch14"
+    llm: str = "Qwen/Qwen2.5-0.5B-Instruct"
+    sam: str = "sam_vit_b_01ec64.pth"
+    sam_spec: SamSpec | None = None
+    square: SquareSpec = Field(default_factory=SquareSpec)
+    lora: LoraSpec = Field(default_factory=LoraSpec)
+    epochs: int = Field(1, ge=1)
+    batch_size: int = Field(2, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    lr: float = Field(1e-4, gt=0)
+    save_every: int = Field(500, ge=1)  # optimizer steps between checkpoints
+    resume: bool = False
+    skip_bad: bool = False
+    seed: int = 0
+    device: str | None = None
+    max_new_tokens: int = Field(128, ge=1)
+
+
+@dataclass
+class TrainSummary:
+    steps: int = 0
+    epochs: int = 0
+    examples: int = 0
+    skipped: list[str] = field(default_factory=list)
+    last_loss: dict[str, float] = field(default_factory=dict)
+    metrics: list[dict] = field(default_factory=list)
+    resumed_from: str | None = None
+
+
+def train(options: TrainOptions, progress=None) -> TrainSummary:
+    """Train, validate per epoch, checkpoint; the finished model lands in `options.out`."""
+    from autolabel.backends.loading import pick_device
+
+    device = pick_device(options.device)
+    train_data = load_records(options.data, skip_bad=options.skip_bad)
+    val_data = load_records(options.val, skip_bad=options.skip_bad) if options.val else None
+    summary = TrainSummary(skipped=train_data.skipped + (val_data.skipped if val_data else []))
+    options.out.mkdir(parents=True, exist_ok=True)
+    latest = _latest_checkpoint(options.out) if options.resume else None
+    model = _start_model(options, latest).to(device)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=options.lr, weight_decay=0.0)
+    state = {"step": 0, "epoch": 0, "batch": 0}
+    if latest is not None:
+        optimizer.load_state_dict(torch.load(latest / "optimizer.pt", map_location=device, weights_only=True))
+        state = json.loads((latest / STATE_FILE).read_text())
+        summary.resumed_from = str(latest)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else nullcontext()
+    batches_per_epoch = math.ceil(len(train_data.records) / options.batch_size)
+    if progress:
+        progress.start(options.epochs * batches_per_epoch, done=state["epoch"] * batches_per_epoch + state["batch"])
+    try:
+        _loop(model, optimizer, trainable, train_data.records, val_data, options, state, summary, autocast, progress)
+    finally:
+        if progress:
+            progress.stop()
+    summary.steps = state["step"]
+    model.save_pretrained(options.out, merge_lora=True)
+    return summary
+
+
+def _loop(model: PrimaModel, optimizer, trainable: list, records: list[Record], val_data, options: TrainOptions,
+          state: dict, summary: TrainSummary, autocast, progress) -> None:
+    batches_per_epoch = math.ceil(len(records) / options.batch_size)
+    for epoch in range(state["epoch"], options.epochs):
+        order = list(range(len(records)))
+        random.Random(options.seed + epoch).shuffle(order)
+        model.train()
+        for b in range(state["batch"] if epoch == state["epoch"] else 0, batches_per_epoch):
+            batch = [records[i] for i in order[b * options.batch_size:(b + 1) * options.batch_size]]
+            with autocast:
+                losses = model([r.example() for r in batch])
+            (losses["loss"] / options.grad_accum).backward()
+            summary.examples += len(batch)
+            summary.last_loss = {k: round(v.item(), 4) for k, v in losses.items()}
+            if (b + 1) % options.grad_accum == 0 or b + 1 == batches_per_epoch:
+                torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                state["step"] += 1
+                if state["step"] % options.save_every == 0:
+                    _checkpoint(model, optimizer, options.out, {**state, "epoch": epoch, "batch": b + 1})
+            if progress:
+                progress.advance(summary.last_loss)
+        state["batch"] = 0
+        summary.epochs = epoch + 1
+        if val_data is not None:
+            metrics = {"epoch": epoch + 1, "step": state["step"], **validate(model, val_data.records,
+                                                                          options.max_new_tokens)}
+            summary.metrics.append(metrics)
+            with (options.out / METRICS_FILE).open("a") as f:
+                f.write(json.dumps(metrics) + "\n")
+        _checkpoint(model, optimizer, options.out, {**state, "epoch": epoch + 1, "batch": 0})
+
+
+def validate(model: PrimaModel, records: list[Record], max_new_tokens: int) -> dict[str, float | None]:
+    """Generate on the records and score with `autolabel eval` (gIoU, cIoU, N-acc, T-acc, ...)."""
+    from autolabel.evaluation import evaluate
+    from autolabel.prima.scoring import write_ground_truth, write_predictions
+
+    was_training = model.training
+    model.eval()
+    with tempfile.TemporaryDirectory(prefix="autolabel-prima-val-") as tmp:
+        gt = write_ground_truth(records, Path(tmp) / "gt.json")
+        write_predictions(model, records, Path(tmp) / "run", max_new_tokens)
+        result = evaluate(Path(tmp) / "run", gt)
+    model.train(was_training)
+    return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in result.overall.items()}
+
+
+def _start_model(options: TrainOptions, latest: Path | None) -> PrimaModel:
+    from autolabel.prima.build import build_from_parts
+    from autolabel.prima.model import is_peft, wrap_lora
+
+    torch.manual_seed(options.seed)
+    if latest is not None:
+        return PrimaModel.from_pretrained(latest / "model")
+    if options.init:
+        model = PrimaModel.from_pretrained(options.init)
+        if not is_peft(model.llm):
+            model.llm = wrap_lora(model.llm, model.config.model_copy(update={"lora": options.lora}), model.ids)
+        return model
+    return build_from_parts(options.vision, options.llm, options.sam, sam_spec=options.sam_spec,
+                            square=options.square, lora=options.lora)
+
+
+def _checkpoint(model: PrimaModel, optimizer, out: Path, state: dict) -> None:
+    """Write step-N/ completely, then make it the latest; older checkpoints are removed."""
+    root = out / CHECKPOINTS
+    final = root / f"step-{state['step']}"
+    partial = root / f".partial-step-{state['step']}"
+    shutil.rmtree(partial, ignore_errors=True)
+    model.save_pretrained(partial / "model", merge_lora=False)
+    torch.save(optimizer.state_dict(), partial / "optimizer.pt")
+    (partial / STATE_FILE).write_text(json.dumps({**state, "saved_at": time.time()}))
+    shutil.rmtree(final, ignore_errors=True)
+    partial.rename(final)
+    for old in root.glob("step-*"):
+        if old != final:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _latest_checkpoint(out: Path) -> Path | None:
+    steps = sorted((int(p.name.split("-")[1]), p) for p in (out / CHECKPOINTS).glob("step-*")
+                   if (p / STATE_FILE).is_file())
+    if not steps:
+        raise AutolabelError(f"--resume: no checkpoint in {out / CHECKPOINTS}")
+    return steps[-1][1]
