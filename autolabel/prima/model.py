@@ -261,11 +261,13 @@ class PrimaModel(nn.Module):
             state = states[position][None]
             probabilities = self._pointer(state, encoded).softmax(-1)[0]
             image = int(probabilities.argmax())
-            low_res, iou = self.sam.decode(encoded.sam[image:image + 1],
-                                           self.seg_projection(state).to(encoded.sam.dtype))
-            logits = self.sam.to_image(low_res, encoded.sam_sizes[image], example.images[image].shape[:2])
-            grounded.append(Grounded(phrase, image, (logits[0] > 0).cpu().numpy(),
-                                     float(probabilities[image]) * float(iou.clamp(0, 1)[0])))
+            low_res, _ = self.sam.decode(encoded.sam[image:image + 1], self.seg_projection(state).to(encoded.sam.dtype))
+            logits = self.sam.to_image(low_res, encoded.sam_sizes[image], example.images[image].shape[:2])[0]
+            mask = logits > 0
+            # SAM's IoU head is not trained here: the score is the pointer's confidence in the image
+            # times the decoder's mean confidence inside the mask
+            inside = float(logits.sigmoid()[mask].mean()) if mask.any() else 0.0
+            grounded.append(Grounded(phrase, image, mask.cpu().numpy(), float(probabilities[image]) * inside))
         return grounded
 
     # -- save / load --------------------------------------------------------------------------------
