@@ -101,6 +101,8 @@ def test_checkpoint_errors_name_the_problem(parts, tmp_path):
         PrimaModel.from_pretrained(tmp_path / "ckpt")
     with pytest.raises(AutolabelError, match="file .* not found"):
         build_from_parts(parts["vision"], parts["llm"], str(tmp_path / "nope_vit_b.pth"))
+    with pytest.raises(AutolabelError, match="name it as vit_b:FILE"):
+        build_from_parts(parts["vision"], parts["llm"], parts["sam"])  # sam_tiny.pth names no variant
 
 
 def write_lines(path: Path, lines: list[dict]) -> Path:

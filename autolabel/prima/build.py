@@ -44,6 +44,9 @@ def build_from_parts(vision: str, llm: str, sam: str, *, sam_spec: SamSpec | Non
     language_model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=8)
 
     variant, sam_file = _sam_source(sam)
+    if sam_spec is None and variant is None:
+        raise AutolabelError(f"--sam {sam}: the file name does not say vit_b, vit_l or vit_h; "
+                             "name it as vit_b:FILE (or vit_l:, vit_h:)")
     spec = sam_spec or SamSpec.preset(variant)
     sam_decoder = SamMaskDecoder(spec)
     state = load_weights_only(sam_file)
