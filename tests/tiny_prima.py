@@ -14,6 +14,12 @@ TINY_SAM = SamSpec(img_size=128, encoder_embed_dim=32, encoder_depth=2, encoder_
                    decoder_num_heads=2, iou_head_hidden_dim=32)
 
 
+# The synthetic task's words, one token each as in a real vocabulary: with bytes only, copying a
+# name from the question takes a dozen exact steps and a tiny random LM misspells them.
+TASK_WORDS = ("Image", "In", "There", "is", "no", "the", "Segment", "shape", "that", "appears", "every", "image",
+              "Question", "Answer", "red", "green", "blue", "yellow", "circle", "square")
+
+
 def build_tiny_parts(directory: Path, seed: int = 0) -> dict[str, str]:
     """Directories (vision, llm) and a SAM file, as `build_from_parts` takes them."""
     import torch
@@ -29,7 +35,7 @@ def build_tiny_parts(directory: Path, seed: int = 0) -> dict[str, str]:
     CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(vision)
 
     llm = directory / "llm"
-    tokenizer = qwen_tokenizer()
+    tokenizer = qwen_tokenizer(TASK_WORDS)
     Qwen2ForCausalLM(Qwen2Config(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
                                  tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id,

@@ -26,14 +26,22 @@ FAMILIES = ("qwen2_5_vl", "qwen3_vl")
 _built: dict[str, Path] = {}
 
 
-def qwen_tokenizer():
-    """A byte-level BPE tokenizer with Qwen's special tokens, built from an in-memory vocab."""
+def qwen_tokenizer(words: tuple[str, ...] = ()):
+    """A byte-level BPE tokenizer with Qwen's special tokens, built from an in-memory vocab.
+
+    Each of `words` becomes one token (merged letter by letter, with and without a leading space),
+    as a real vocabulary would have it.
+    """
     from transformers import Qwen2Tokenizer
     from transformers.convert_slow_tokenizer import bytes_to_unicode
 
     vocab = {ch: i for i, ch in enumerate(sorted(bytes_to_unicode().values(), key=ord))}
+    # the words' merges first (after a space, then alone): a merge ranked earlier would split them
+    spellings = [prefix + word for prefix in ("Ġ", "") for word in words]
+    pairs = [(spelled[:k], spelled[k]) for spelled in spellings for k in range(1, len(spelled))]
+    pairs += [("t", "h"), ("th", "e"), ("Ġ", "th"), ("Ġth", "e"), ("i", "n"), ("Ġ", "a")]
     merges = []
-    for a, b in [("t", "h"), ("th", "e"), ("Ġ", "th"), ("Ġth", "e"), ("i", "n"), ("Ġ", "a")]:
+    for a, b in dict.fromkeys(pairs):
         merges.append((a, b))
         vocab.setdefault(a + b, len(vocab))
     tok = Qwen2Tokenizer(vocab=vocab, merges=merges, unk_token=None, eos_token="<|im_end|>",
