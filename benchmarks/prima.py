@@ -48,7 +48,7 @@ def main() -> None:
         val = load_records(val_file).records
         print(f"== {args.groups} training groups x {args.epochs} epochs; {len(val)} validation groups")
         for relational in (True, False):
-            square = SquareSpec(num_relational_queries=4, num_image_queries=4, num_layers=1, num_heads=2,
+            square = SquareSpec(num_relational_queries=4, num_image_queries=8, num_layers=2, num_heads=4,
                                 use_relational_queries=relational)
             out = root / f"out-{relational}"
             start = time.perf_counter()
