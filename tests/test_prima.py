@@ -158,9 +158,10 @@ def test_training_resumes_from_its_checkpoint(parts, tmp_path):
     assert PrimaModel.from_pretrained(tmp_path / "out").config.lora.merged
 
 
-def test_every_part_of_the_chain_learns_the_synthetic_task(parts, tmp_path):
-    """LM, pointer and mask losses on a fixed batch all fall: tokens, pointer, projection and decoder train."""
-    records = load_records(make_task(tmp_path, 24, seed=0)).records
+@pytest.fixture(scope="module")
+def briefly_trained(parts, tmp_path_factory):
+    """150 steps on the synthetic task, with the losses of a fixed batch before and after."""
+    records = load_records(make_task(tmp_path_factory.mktemp("brief"), 24, seed=0)).records
     examples = [r.example() for r in records]
     model = fresh_model(parts)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-3)
@@ -171,16 +172,42 @@ def test_every_part_of_the_chain_learns_the_synthetic_task(parts, tmp_path):
 
     before = losses()
     model.train()
-    for step in range(60):
+    for step in range(150):
         batch = examples[(4 * step) % 24:(4 * step) % 24 + 4]
         model(batch)["loss"].backward()
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)  # as train() does
         optimizer.step()
         optimizer.zero_grad()
     after = losses()
+    return model.eval(), examples, before, after
+
+
+def test_every_part_of_the_chain_learns_the_synthetic_task(briefly_trained):
+    """LM, pointer and mask losses on a fixed batch all fall: tokens, pointer, projection and decoder train."""
+    _, _, before, after = briefly_trained
     assert after["lm"] < 0.5 * before["lm"]
     assert after["pointer"] < 0.8 * before["pointer"]
     assert after["mask_bce"] < 0.7 * before["mask_bce"]
     assert after["mask_dice"] < before["mask_dice"]
+
+
+def test_batched_generation_equals_one_group_at_a_time(briefly_trained):
+    model, examples, _, _ = briefly_trained
+    rng = np.random.default_rng(3)
+    odd = Example([rng.integers(0, 255, (20, 44, 3), dtype=np.uint8)],  # one image, another size, two turns
+                  [Turn("Segment the red circle."), Turn("Segment the shape that appears in every image.")])
+    group = [Example(e.images, [Turn(t.question) for t in e.turns]) for e in examples[:3]] + [odd]
+    batched = model.generate_batch(group, max_new_tokens=24)
+    alone = [model.generate(e, max_new_tokens=24) for e in group]
+    assert any(t.grounded for turns in alone for t in turns), "the model should ground something by now"
+    for b_turns, a_turns in zip(batched, alone):
+        assert [t.answer for t in b_turns] == [t.answer for t in a_turns]
+        for b, a in zip(b_turns, a_turns):
+            assert [(g.phrase, g.image) for g in b.grounded] == [(g.phrase, g.image) for g in a.grounded]
+            for gb, ga in zip(b.grounded, a.grounded):
+                assert (gb.mask is None) == (ga.mask is None)
+                if ga.mask is not None:
+                    assert (gb.mask != ga.mask).mean() < 0.01 and gb.score == pytest.approx(ga.score, abs=1e-3)
 
 
 def test_a_tiny_prima_learns_the_synthetic_multi_image_task(parts, tmp_path):

@@ -2,7 +2,8 @@
 
 Greedy answers turn by turn; each `[SEG]` is a mask on the image the pointer head picks, each
 `[REJ]` a rejected target. The phrase before a marker is filed under the ontology entry it names.
-A group's visual prompts (exemplar boxes) enter the first question as `<ref>` tokens.
+A group's visual prompts (exemplar boxes) enter the first question as `<ref>` tokens. The groups
+of a batch are generated together.
 """
 
 from __future__ import annotations
@@ -32,19 +33,12 @@ class PrimaBackend(Backend):
         return {"model": self.model_id, "sources": self.sources}
 
     def predict(self, requests: list[Request]) -> list[Answer]:
-        return [self._answer(request) for request in requests]
+        """The batch's groups are generated together (left-padded), turn by turn."""
+        generated = self.model.generate_batch([_example(r) for r in requests],
+                                              max_new_tokens=self.options.max_new_tokens)
+        return [self._answer(request, turns) for request, turns in zip(requests, generated)]
 
-    def _answer(self, request: Request) -> Answer:
-        from autolabel.prima.model import Example, Turn
-        from autolabel.prima.config import REFER
-
-        refs = [(k, box) for k, image in enumerate(request.group.images) if image.prompt
-                for box in image.prompt.boxes]
-        turns = [Turn(t.text) for t in request.prompt.turns]
-        if refs:
-            turns[0].question += " Exemplars: " + ", ".join(f"Image {k + 1} {REFER}" for k, _ in refs) + "."
-            turns[0].refs = refs
-        generated = self.model.generate(Example(request.images, turns), max_new_tokens=self.options.max_new_tokens)
+    def _answer(self, request: Request, generated: list) -> Answer:
         names = {**{c: c for c in request.prompt.categories}, **request.prompt.ontology}
         answers = []
         for round_, (turn, g) in enumerate(zip(request.prompt.turns, generated)):
@@ -62,6 +56,19 @@ class PrimaBackend(Backend):
 
     def close(self) -> None:
         del self.model
+
+
+def _example(request: Request):
+    """The request as a PRIMA Example; exemplar boxes become <ref> tokens of the first question."""
+    from autolabel.prima.config import REFER
+    from autolabel.prima.model import Example, Turn
+
+    refs = [(k, box) for k, image in enumerate(request.group.images) if image.prompt for box in image.prompt.boxes]
+    turns = [Turn(t.text) for t in request.prompt.turns]
+    if refs:
+        turns[0].question += " Exemplars: " + ", ".join(f"Image {k + 1} {REFER}" for k, _ in refs) + "."
+        turns[0].refs = refs
+    return Example(request.images, turns)
 
 
 def _named(phrase: str, names: dict[str, str]) -> str:

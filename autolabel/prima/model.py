@@ -79,6 +79,19 @@ class _Encoded:
     patches: torch.Tensor  # (N, P, D)
 
 
+@dataclass
+class _Chat:
+    """One group's conversation while it is being generated."""
+
+    example: Example
+    encoded: _Encoded
+    ids: list[int]
+    memory_images: list[int] = field(default_factory=list)
+    memory_tokens: list[torch.Tensor] = field(default_factory=list)
+    refs: list[torch.Tensor] = field(default_factory=list)
+    results: list[GeneratedTurn] = field(default_factory=list)
+
+
 class PrimaModel(nn.Module):
     def __init__(self, config: PrimaConfig, tokenizer, llm: nn.Module | None = None,
                  vision: VisionTower | None = None, sam: SamMaskDecoder | None = None):
@@ -220,33 +233,44 @@ class PrimaModel(nn.Module):
     @torch.no_grad()
     def generate(self, example: Example, max_new_tokens: int = 256) -> list[GeneratedTurn]:
         """Greedy answers turn by turn; each [SEG] becomes a mask on the image the pointer picks."""
-        encoded = self.encode(example.images, example.turns[0].question)
-        ids = self._prefix(len(example.images))
-        memory_images, memory_tokens, refs, results = [], [], [], []
-        for turn in example.turns:
-            ids = ids + self._question(turn, memory_images)
-            refs += self._ref_tokens(example, turn)
-            embeds = self._embed(ids, encoded, memory_tokens, refs)[None]
-            new = self.llm.generate(inputs_embeds=embeds, attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long,
-                                                                                   device=embeds.device),
-                                    max_new_tokens=max_new_tokens, do_sample=False,
-                                    eos_token_id=self.tokenizer.eos_token_id,
-                                    pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id)[0].tolist()
-            if self.tokenizer.eos_token_id in new:
-                new = new[:new.index(self.tokenizer.eos_token_id)]
-            full = ids + new
-            hidden = self.llm(inputs_embeds=self._embed(full, encoded, memory_tokens, refs)[None],
-                              output_hidden_states=True).hidden_states[-1][0]
-            grounded = self._ground(new, hidden[len(ids):], encoded, example)
-            for g in grounded:
-                if g.mask is not None:
-                    memory_images.append(g.image)
-                    memory_tokens.append(self._memory_token(encoded, g.image, g.mask))
-            answer = self.tokenizer.decode(new, skip_special_tokens=False)
-            results.append(GeneratedTurn(answer.strip(), grounded))
-            ids = full + ([self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else []) \
-                + self._tokens("\n")
-        return results
+        return self.generate_batch([example], max_new_tokens)[0]
+
+    @torch.no_grad()
+    def generate_batch(self, examples: list[Example], max_new_tokens: int = 256) -> list[list[GeneratedTurn]]:
+        """`generate` for several groups at once: one left-padded `generate` call per turn index."""
+        chats = [_Chat(example, self.encode(example.images, example.turns[0].question),
+                       self._prefix(len(example.images))) for example in examples]
+        for t in range(max(len(example.turns) for example in examples)):
+            active = [chat for chat in chats if t < len(chat.example.turns)]
+            rows = []
+            for chat in active:
+                turn = chat.example.turns[t]
+                chat.ids += self._question(turn, chat.memory_images)
+                chat.refs += self._ref_tokens(chat.example, turn)
+                rows.append(self._embed(chat.ids, chat.encoded, chat.memory_tokens, chat.refs))
+            embeds, attention = _left_pad(rows)
+            pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+            generated = self.llm.generate(inputs_embeds=embeds, attention_mask=attention, max_new_tokens=max_new_tokens,
+                                          do_sample=False, eos_token_id=self.tokenizer.eos_token_id, pad_token_id=pad)
+            for chat, new in zip(active, generated.tolist()):
+                if self.tokenizer.eos_token_id in new:
+                    new = new[:new.index(self.tokenizer.eos_token_id)]
+                self._finish_turn(chat, new)
+        return [chat.results for chat in chats]
+
+    def _finish_turn(self, chat: _Chat, new: list[int]) -> None:
+        """Ground the new answer on the group's images and carry its masks into the next turn."""
+        full = chat.ids + new
+        hidden = self.llm(inputs_embeds=self._embed(full, chat.encoded, chat.memory_tokens, chat.refs)[None],
+                          output_hidden_states=True).hidden_states[-1][0]
+        grounded = self._ground(new, hidden[len(chat.ids):], chat.encoded, chat.example)
+        for g in grounded:
+            if g.mask is not None:
+                chat.memory_images.append(g.image)
+                chat.memory_tokens.append(self._memory_token(chat.encoded, g.image, g.mask))
+        chat.results.append(GeneratedTurn(self.tokenizer.decode(new, skip_special_tokens=False).strip(), grounded))
+        eos = [self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else []
+        chat.ids = full + eos + self._tokens("\n")
 
     def _ground(self, new: list[int], states: torch.Tensor, encoded: _Encoded, example: Example) -> list[Grounded]:
         grounded, text_start = [], 0
@@ -343,6 +367,17 @@ def _pad(rows: list[torch.Tensor], labels: list[list[int]]) -> tuple[torch.Tenso
         attention[b, :len(row)] = 1
         label_t[b, :len(lab)] = torch.tensor(lab, device=rows[0].device)
     return embeds, attention, label_t
+
+
+def _left_pad(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad embedding rows for batched generation (new tokens then line up at the right)."""
+    longest = max(len(r) for r in rows)
+    embeds = rows[0].new_zeros(len(rows), longest, rows[0].shape[-1])
+    attention = torch.zeros(len(rows), longest, dtype=torch.long, device=rows[0].device)
+    for b, row in enumerate(rows):
+        embeds[b, longest - len(row):] = row
+        attention[b, longest - len(row):] = 1
+    return embeds, attention
 
 
 def _dice(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
