@@ -39,12 +39,14 @@ class PrimaBackend(Backend):
         return [self._answer(request, turns) for request, turns in zip(requests, generated)]
 
     def _answer(self, request: Request, generated: list) -> Answer:
+        from autolabel.prima.scoring import match_category
+
         names = {**{c: c for c in request.prompt.categories}, **request.prompt.ontology}
         answers = []
         for round_, (turn, g) in enumerate(zip(request.prompt.turns, generated)):
             masks, rejected = [], []
             for item in g.grounded:
-                label = _named(item.phrase, names)
+                label = match_category(item.phrase, list(names))
                 category = names.get(label, label)
                 if item.mask is None:
                     rejected.append(Rejection(label=label, category=category, phrase=item.phrase, round=round_))
@@ -69,9 +71,3 @@ def _example(request: Request):
         turns[0].question += " Exemplars: " + ", ".join(f"Image {k + 1} {REFER}" for k, _ in refs) + "."
         turns[0].refs = refs
     return Example(request.images, turns)
-
-
-def _named(phrase: str, names: dict[str, str]) -> str:
-    from autolabel.prima.scoring import match_category
-
-    return match_category(phrase, list(names))

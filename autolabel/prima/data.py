@@ -18,6 +18,7 @@ as parsed JSON (masks stay RLE); images are decoded only when their batch is bui
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -167,7 +168,7 @@ def convert_coco(coco: Path, questions: Path, images_root: Path, out: Path) -> i
     for a in data["annotations"]:
         instances.setdefault((a["image_id"], names[a["category_id"]]), []).append(a)
     out = Path(out)
-    relative_root = Path(_relative(Path(images_root).resolve(), out.resolve().parent))
+    relative_root = Path(os.path.relpath(Path(images_root).resolve(), out.resolve().parent))
     written = 0
     with out.open("w", encoding="utf-8") as f:
         for lineno, line in enumerate(Path(questions).read_text().splitlines(), 1):
@@ -205,9 +206,3 @@ def convert_coco(coco: Path, questions: Path, images_root: Path, out: Path) -> i
 
 def _as_string_rle(rle: dict) -> dict:
     return {"size": rle["size"], "counts": rle["counts"].decode("ascii")}
-
-
-def _relative(path: Path, start: Path) -> str:
-    import os
-
-    return os.path.relpath(path, start)

@@ -208,7 +208,10 @@ class PrimaModel(nn.Module):
             refs = [t for turn in example.turns for t in self._ref_tokens(example, turn)]
             rows.append(self._embed(ids, encoded, memory_tokens[:shown], refs))
             labels.append(lab)
-        embeds, attention, label_t = _pad(rows, labels)
+        embeds, attention = _pad(rows)
+        label_t = torch.full_like(attention, IGNORE)  # padded positions are ignored by the loss
+        for b, lab in enumerate(labels):
+            label_t[b, :len(lab)] = torch.tensor(lab, device=label_t.device)
         out = self.llm(inputs_embeds=embeds, attention_mask=attention, labels=label_t, output_hidden_states=True)
         losses = {"lm": out.loss}
         hidden = out.hidden_states[-1]
@@ -248,7 +251,7 @@ class PrimaModel(nn.Module):
                 chat.ids += self._question(turn, chat.memory_images)
                 chat.refs += self._ref_tokens(chat.example, turn)
                 rows.append(self._embed(chat.ids, chat.encoded, chat.memory_tokens, chat.refs))
-            embeds, attention = _left_pad(rows)
+            embeds, attention = _pad(rows, left=True)
             pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
             generated = self.llm.generate(inputs_embeds=embeds, attention_mask=attention, max_new_tokens=max_new_tokens,
                                           do_sample=False, eos_token_id=self.tokenizer.eos_token_id, pad_token_id=pad)
@@ -356,27 +359,18 @@ def wrap_lora(llm: nn.Module, config: PrimaConfig, ids: dict[str, int]) -> nn.Mo
         trainable_token_indices=sorted(ids.values()), modules_to_save=None if tied else head[-1:]))
 
 
-def _pad(rows: list[torch.Tensor], labels: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Right-pad a batch of embedding rows; padded positions are masked and ignored by the loss."""
-    longest = max(len(r) for r in rows)
-    embeds = rows[0].new_zeros(len(rows), longest, rows[0].shape[-1])
-    attention = torch.zeros(len(rows), longest, dtype=torch.long, device=rows[0].device)
-    label_t = torch.full((len(rows), longest), IGNORE, dtype=torch.long, device=rows[0].device)
-    for b, (row, lab) in enumerate(zip(rows, labels)):
-        embeds[b, :len(row)] = row
-        attention[b, :len(row)] = 1
-        label_t[b, :len(lab)] = torch.tensor(lab, device=rows[0].device)
-    return embeds, attention, label_t
+def _pad(rows: list[torch.Tensor], *, left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch of embedding rows padded to one length, and its attention mask.
 
-
-def _left_pad(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-pad embedding rows for batched generation (new tokens then line up at the right)."""
+    Training pads on the right; generation pads on the left, so the new tokens line up.
+    """
     longest = max(len(r) for r in rows)
     embeds = rows[0].new_zeros(len(rows), longest, rows[0].shape[-1])
     attention = torch.zeros(len(rows), longest, dtype=torch.long, device=rows[0].device)
     for b, row in enumerate(rows):
-        embeds[b, longest - len(row):] = row
-        attention[b, longest - len(row):] = 1
+        span = slice(longest - len(row), longest) if left else slice(0, len(row))
+        embeds[b, span] = row
+        attention[b, span] = 1
     return embeds, attention
 
 
