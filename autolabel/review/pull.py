@@ -16,6 +16,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from itertools import groupby
 from pathlib import Path
 
 import numpy as np
@@ -124,16 +125,8 @@ def _image_ids(dataset) -> dict[str, int]:
 
 def _groups(view) -> Iterator[list]:
     """The view's samples, gathered per (group_id, template) (the view is sorted by identity)."""
-    current, key = [], None
-    for sample in view.iter_samples(autosave=False):
-        identity = (sample.group_id, sample.template)
-        if identity != key and current:
-            yield current
-            current = []
-        key = identity
-        current.append(sample)
-    if current:
-        yield current
+    for _, slices in groupby(view.iter_samples(autosave=False), key=lambda s: (s.group_id, s.template)):
+        yield list(slices)
 
 
 def _corrected(slices: list, source: RunFields, reviewed: str, image_ids: dict[str, int],
