@@ -67,7 +67,9 @@ def run(
     mask_model: Annotated[Optional[str], typer.Option(help="SAM-family mask model: hub id, dir or "
                                                            "segment-anything .pth.")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run directory.  \\[default: runs/latest]")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Groups per model call.  \\[default: 4]")] = None,
+    batch_size: Annotated[Optional[str], typer.Option(help="Requests (group x template) per model call, or "
+                                                         "auto: the largest that fits in GPU memory.  "
+                                                         "\\[default: 4]")] = None,
     shard: Annotated[Optional[str], typer.Option(help="Take slice I of N (0 <= I < N), e.g. 0/4.")] = None,
     limit: Annotated[Optional[int], typer.Option(help="Label at most N groups.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Redo groups already done.")] = False,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -24,7 +24,7 @@ class RunConfig(BaseModel):
     model: str | None = None
     mask_model: str | None = None
     out: Path = Path("runs/latest")
-    batch_size: int = Field(4, ge=1)
+    batch_size: int | Literal["auto"] = 4
     shard: tuple[int, int] | None = None
     limit: int | None = Field(None, ge=1)
     overwrite: bool = False
@@ -53,6 +53,16 @@ class RunConfig(BaseModel):
         if n < 1 or not 0 <= i < n:
             raise ValueError(f"{v!r}: need 0 <= I < N")
         return (i, n)
+
+    @field_validator("batch_size", mode="before")
+    @classmethod
+    def _parse_batch_size(cls, v: Any) -> Any:
+        text = str(v).strip()
+        if text.lower() == "auto":
+            return "auto"
+        if not text.isdigit() or int(text) < 1:
+            raise ValueError(f"{v!r}: give a whole number >= 1, or auto")
+        return int(text)
 
     @field_validator("var", mode="before")
     @classmethod

@@ -168,17 +168,22 @@ def test_missing_template_variable_is_a_per_group_error(tmp_path):
     assert s.exit_code == 0
 
 
-def test_memory_window_is_bounded(tmp_path, template):
+def test_memory_window_is_bounded(tmp_path, template, monkeypatch):
     """Decoding runs ahead by a bounded window, not over the whole dataset."""
+    import autolabel.engine as engine_module
+
     data = make_groups(tmp_path / "data", 40, per_group=1)
     cfg = RunConfig(input=data, out=tmp_path / "run", prompt=[template], backend="doubles:BoxBackend",
                     quiet=True, batch_size=2, decode_workers=2)
-    engine = Engine(cfg)
     decoded, predicted = [], []
-    original_decode, original_predict = engine._decode, engine._predict
-    engine._decode = lambda g: (decoded.append(g.id), original_decode(g))[1]
-    engine._predict = lambda reqs: (predicted.append(len(decoded)), original_predict(reqs))[1]
-    engine.run()
-    window = max(2 * cfg.batch_size, cfg.decode_workers * 2)
-    assert all(n <= 2 * (i + 1) + window for i, n in enumerate(predicted))
+    original_decode = engine_module.decode_group
+    monkeypatch.setattr(engine_module, "decode_group", lambda g, px: (decoded.append(g.id), original_decode(g, px))[1])
 
+    class CountingBackend(BoxBackend):
+        def predict(self, requests):
+            predicted.append(len(decoded))
+            return super().predict(requests)
+
+    Engine(cfg, backend_factory=CountingBackend).run()
+    window = max(2 * cfg.batch_size, cfg.decode_workers * 2)
+    assert len(predicted) == 20 and all(n <= 2 * (i + 1) + window for i, n in enumerate(predicted))
