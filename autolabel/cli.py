@@ -90,6 +90,14 @@ def run(
                                                            "bombs).  \\[default: 178956970]")] = None,
     decode_workers: Annotated[Optional[int], typer.Option(help="Threads decoding images ahead of the model.  "
                                                                "\\[default: 4]")] = None,
+    engine: Annotated[Optional[str], typer.Option(help="local (this process) or ray (a Ray cluster's GPUs and "
+                                                       "machines).  \\[default: local]")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="Ray: model replicas (actors), each loads the model once.  "
+                                                        "\\[default: cluster GPUs / --gpus-per-worker, or 1]")] = None,
+    gpus_per_worker: Annotated[Optional[float], typer.Option(help="Ray: GPUs per worker (fractions share a GPU).  "
+                                                                  "\\[default: 1 if the cluster has GPUs, else 0]")] = None,
+    ray_address: Annotated[Optional[str], typer.Option(help="Ray: join this cluster (e.g. ray://head:10001 or auto).  "
+                                                            "\\[default: start a local one]")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar (for CI logs).")] = False,
     config: Annotated[Optional[Path], typer.Option(help="YAML run file with the same options; flags win.")] = None,
 ) -> None:
@@ -104,9 +112,12 @@ def run(
                  group_by=group_by, var=var, device=device, dtype=dtype, max_new_tokens=max_new_tokens,
                  trust_remote_code=trust_remote_code, backend_option=backend_option,
                  allow_outside_root=allow_outside_root, max_pixels=max_pixels, decode_workers=decode_workers,
-                 quiet=quiet)
+                 engine=engine, workers=workers, gpus_per_worker=gpus_per_worker, ray_address=ray_address, quiet=quiet)
     cfg = load_run_config(config, flags)
-    from autolabel.engine import Engine
+    if cfg.engine == "ray":
+        from autolabel.ray_engine import RayEngine as Engine
+    else:
+        from autolabel.engine import Engine
     from autolabel.progress import RichProgress
 
     err = _console(stderr=True)

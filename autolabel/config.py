@@ -39,6 +39,10 @@ class RunConfig(BaseModel):
     allow_outside_root: bool = False
     max_pixels: int = Field(178_956_970, ge=1)
     decode_workers: int = Field(4, ge=1)
+    engine: Literal["local", "ray"] = "local"
+    workers: int | None = Field(None, ge=1)
+    gpus_per_worker: float | None = Field(None, ge=0)
+    ray_address: str | None = None
     quiet: bool = False
 
     @field_validator("shard", mode="before")

@@ -34,6 +34,12 @@ class VisualPrompt:
             out["label"] = self.label
         return out
 
+    @classmethod
+    def from_json(cls, data: dict) -> VisualPrompt:
+        return cls(boxes=tuple(tuple(b) for b in data.get("boxes", ())),
+                   points=tuple(tuple(p) for p in data.get("points", ())),
+                   point_labels=tuple(data.get("point_labels", ())), mask=data.get("mask"), label=data.get("label"))
+
 
 @dataclass(frozen=True)
 class ImageRef:
@@ -53,6 +59,19 @@ class ImageGroup:
     root: Path
     images: tuple[ImageRef, ...]
     variables: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        """Everything needed to rebuild the group in another process (a Ray worker)."""
+        return {"id": self.id, "root": str(self.root), "variables": self.variables,
+                "images": [{"file": im.file, "path": str(im.path), "coco_id": im.coco_id,
+                            "prompt": im.prompt.to_json() if im.prompt else None} for im in self.images]}
+
+    @classmethod
+    def from_json(cls, data: dict) -> ImageGroup:
+        images = tuple(ImageRef(im["file"], Path(im["path"]),
+                                VisualPrompt.from_json(im["prompt"]) if im["prompt"] is not None else None,
+                                im["coco_id"]) for im in data["images"])
+        return cls(data["id"], Path(data["root"]), images, dict(data["variables"]))
 
 
 @dataclass(frozen=True)

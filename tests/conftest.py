@@ -50,3 +50,23 @@ def fo_db(tmp_path_factory):
     import fiftyone
 
     return fiftyone
+
+
+PETS_TEMPLATE = """
+name: pets
+category: multi-target
+turns:
+  - "Segment {{ targets }} in the {{ num_images }} images."
+  - "Now the one next to it."
+variables:
+  targets: {default: "cat, dog, bird"}
+ontology: "{{ targets }}"
+"""
+
+
+@pytest.fixture
+def template(tmp_path: Path) -> str:
+    """A two-turn template file whose ontology has three entries (the test double rejects the third)."""
+    path = tmp_path / "pets.yaml"
+    path.write_text(PETS_TEMPLATE)
+    return str(path)

@@ -55,3 +55,28 @@ class BoxBackend(Backend):
             turns.append(TurnAnswer(question=turn.text, answer=f"found {len(masks)} objects", masks=masks,
                                     rejected=rejected))
         return Answer(turns)
+
+
+class OutOfMemoryBackend(BoxBackend):
+    """Raises torch's real OutOfMemoryError for batches larger than `fits` (what CUDA raises)."""
+
+    fits = 2
+
+    def predict(self, requests: list[Request]) -> list[Answer]:
+        if len(requests) > self.fits:
+            import torch
+
+            raise torch.OutOfMemoryError(f"CUDA out of memory. Tried to allocate {len(requests)} GiB")
+        return super().predict(requests)
+
+
+class DyingBackend(BoxBackend):
+    """Kills its own process (as a crash or a lost node would) on the first group whose id contains
+    "die"; the file named by backend option `die_marker` records that it happened once."""
+
+    def predict(self, requests: list[Request]) -> list[Answer]:
+        marker = self.options.extra["die_marker"]
+        if any("die" in r.group.id for r in requests) and not os.path.exists(marker):
+            open(marker, "w").close()
+            os._exit(1)
+        return super().predict(requests)

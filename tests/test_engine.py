@@ -7,31 +7,12 @@ from pathlib import Path
 
 import pytest
 from conftest import make_groups
-from doubles import BoxBackend
+from doubles import BoxBackend, OutOfMemoryBackend
 
 from autolabel.config import RunConfig
 from autolabel.engine import Engine, shard_of
 from autolabel.errors import AutolabelError
 from autolabel.store import PredictionWriter, read_predictions, scan_status
-
-TEMPLATE = """
-name: pets
-category: multi-target
-turns:
-  - "Segment {{ targets }} in the {{ num_images }} images."
-  - "Now the one next to it."
-variables:
-  targets: {default: "cat, dog, bird"}
-ontology: "{{ targets }}"
-"""
-
-
-@pytest.fixture
-def template(tmp_path: Path) -> str:
-    path = tmp_path / "pets.yaml"
-    path.write_text(TEMPLATE)
-    return str(path)
-
 
 def run(input: Path, out: Path, template: str, **kw) -> tuple[Engine, object]:
     cfg = RunConfig(input=input, out=out, prompt=[template], backend="doubles:BoxBackend", quiet=True, **kw)
@@ -187,3 +168,48 @@ def test_memory_window_is_bounded(tmp_path, template, monkeypatch):
     Engine(cfg, backend_factory=CountingBackend).run()
     window = max(2 * cfg.batch_size, cfg.decode_workers * 2)
     assert len(predicted) == 20 and all(n <= 2 * (i + 1) + window for i, n in enumerate(predicted))
+
+def test_out_of_memory_halves_the_batch_and_records_it(tmp_path, template):
+    data = make_groups(tmp_path / "data", 10, per_group=1)
+    cfg = RunConfig(input=data, out=tmp_path / "run", prompt=[template], backend="doubles:OutOfMemoryBackend",
+                    quiet=True, batch_size=8)
+    summary = Engine(cfg).run()
+    assert summary.exit_code == 0 and summary.done == 10 and summary.batch_size == 2
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert [(e["batch"], e["retried_as"]) for e in info["oom_retries"]] == [(8, 4), (4, 2)]
+    assert "CUDA out of memory" in info["oom_retries"][0]["message"]
+    assert info["engine"] == {"name": "local", "batch_size": 2}
+    assert {line["timings"]["batch"] for line in lines(tmp_path / "run")} == {2}
+
+
+def test_a_single_request_out_of_memory_fails_alone(tmp_path, template):
+    data = make_groups(tmp_path / "data", 3, per_group=1)
+    cfg = RunConfig(input=data, out=tmp_path / "run", prompt=[template], backend="doubles:OutOfMemoryBackend",
+                    quiet=True, batch_size=1)
+    OutOfMemoryBackend.fits = 0
+    try:
+        summary = Engine(cfg).run()
+    finally:
+        OutOfMemoryBackend.fits = 2
+    assert summary.exit_code == 1 and len(summary.failed) == 3
+    assert all("OutOfMemoryError" in reason for _, reason in summary.failed)
+
+
+def test_batch_size_auto_finds_the_largest_batch_that_fits(tmp_path, template, monkeypatch):
+    """On CUDA `auto` starts at AUTO_BATCH_START and halves until a batch fits; without CUDA it is
+    AUTO_BATCH_CPU. CUDA is stood in for by saying the backend is on it."""
+    from autolabel.labeler import AUTO_BATCH_CPU, Labeler
+
+    data = make_groups(tmp_path / "data", 70, per_group=1)
+    cfg = RunConfig(input=data, out=tmp_path / "cpu", prompt=[template], backend="doubles:BoxBackend",
+                    quiet=True, batch_size="auto")
+    assert Engine(cfg).run().batch_size == AUTO_BATCH_CPU
+    monkeypatch.setattr(Labeler, "_on_cuda", lambda self: True)
+    OutOfMemoryBackend.fits = 5
+    try:
+        summary = Engine(cfg.model_copy(update={"out": tmp_path / "gpu",
+                                                "backend": "doubles:OutOfMemoryBackend"})).run()
+    finally:
+        OutOfMemoryBackend.fits = 2
+    assert summary.exit_code == 0 and summary.done == 70 and summary.batch_size == 4
+    assert [e.batch for e in summary.oom] == [64, 32, 16, 8]

@@ -11,7 +11,7 @@ from conftest import make_groups
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from test_cli import cli
-from test_engine import TEMPLATE
+from conftest import PETS_TEMPLATE as TEMPLATE
 
 from autolabel.config import RunConfig
 from autolabel.engine import Engine

@@ -1,0 +1,202 @@
+"""`--engine ray`: the same run spread over the GPUs and machines of a Ray cluster, with Ray Data.
+
+The driver plans as the local engine does (shard, limit, keys already done in RUN_DIR, whichever
+engine did them) and streams the groups left to do into `RUN_DIR/.todo-<run id>.jsonl`, so its
+memory does not grow with the dataset. Ray Data then reads that file in blocks, decodes images
+in CPU tasks, and feeds batches to a pool of actors that each load the model once and write
+their own `predictions.ray-<host>-<pid>-<id>.jsonl` in RUN_DIR (no two writers share a file;
+`export` and every reader merge them). A batch's lines are on disk before the actor reports it
+done, so when an actor dies Ray restarts it and redoes its unfinished batches: nothing is lost,
+and a key written twice reads once (the last line wins). RUN_DIR and the images must be on a
+filesystem every node sees.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from autolabel.backends.base import Backend, BackendOptions
+from autolabel.config import RunConfig
+from autolabel.engine import Progress, RunSummary, decode_group, done_keys, planned_groups, run_info, todo_groups
+from autolabel.errors import AutolabelError
+from autolabel.groups import BadGroup, ImageGroup
+from autolabel.labeler import Labeler, OomEvent
+from autolabel.sources import open_source
+from autolabel.store import PredictionWriter
+
+INSTALL_HINT = "--engine ray needs Ray Data: pip install 'autolabel[ray]'  (or: pip install 'ray[data]')"
+# Decoding is mostly file reads and libjpeg; half a CPU per task lets two run per core. Its
+# resources also differ from the actors', which keeps Ray from fusing decoding into the actors.
+DECODE_CPUS = 0.5
+
+
+def import_ray():
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError:
+        raise AutolabelError(INSTALL_HINT) from None
+    return ray
+
+
+class RayEngine:
+    name = "ray"
+
+    def __init__(self, config: RunConfig, progress: Progress | None = None,
+                 backend_factory: Callable[[BackendOptions], Backend] | None = None):
+        self.config = config
+        self.progress = progress or Progress()
+        self.labeler = Labeler(config, backend_factory)  # the driver never loads the model
+        self._backend_factory = backend_factory
+
+    def run(self) -> RunSummary:
+        ray = import_ray()
+        cfg = self.config
+        t0 = time.perf_counter()
+        source = open_source(cfg.input, manifest=cfg.manifest, group_by=cfg.group_by,
+                             allow_outside_root=cfg.allow_outside_root)
+        writer = PredictionWriter(cfg.out, cfg.shard_name)
+        summary = RunSummary()
+        run_id = uuid.uuid4().hex[:12]
+        todo_path = cfg.out / f".todo-{run_id}.jsonl"
+        engine_info: dict[str, Any] = {}
+        try:
+            writer.write_info(self._info(run_id, source, summary, engine_info, finished=False))
+            done = set() if cfg.overwrite else done_keys([cfg.out])
+            total = None if cfg.quiet else sum(1 for _ in planned_groups(cfg, source))
+            self.progress.start(total)
+            todo = self._plan(source, writer, done, summary, todo_path)
+            if todo:
+                engine_info.update(self._connect(ray))
+                self._execute(ray, todo_path, engine_info, summary)
+            summary.skipped_files = list(source.stats.skipped)
+        finally:
+            self.progress.stop()
+            todo_path.unlink(missing_ok=True)
+            summary.wall_s = time.perf_counter() - t0
+            try:
+                writer.write_info(self._info(run_id, source, summary, engine_info, finished=True))
+            finally:
+                writer.close()
+        return summary
+
+    def _plan(self, source, writer: PredictionWriter, done: set[str], summary: RunSummary, todo_path: Path) -> int:
+        """Write the groups left to do to the todo file; groups the source could not build are
+        written as error lines here. Returns how many groups the workers get."""
+        n = 0
+        with todo_path.open("w", encoding="utf-8") as f:
+            for group in todo_groups(planned_groups(self.config, source), self.labeler, done, summary, self.progress):
+                summary.groups += 1
+                if isinstance(group, BadGroup):
+                    lines = self.labeler.group_failure(group, "source", group.file, group.reason)
+                    writer.write(lines)
+                    self.progress.advance(1, 0, summary.count(lines))
+                    continue
+                skip = [k for k in self.labeler.keys(group.id) if k in done]
+                f.write(json.dumps({"group": group.to_json(), "skip": skip}, ensure_ascii=False) + "\n")
+                n += 1
+        return n
+
+    def _connect(self, ray) -> dict[str, Any]:
+        """Join `--ray-address` (or a cluster already joined), else start a local one."""
+        if not ray.is_initialized():
+            try:
+                ray.init(address=self.config.ray_address, include_dashboard=False, log_to_driver=False,
+                         logging_level="WARNING")
+            except ConnectionError as e:
+                raise AutolabelError(f"--ray-address {self.config.ray_address}: cannot join the Ray cluster: {e}") \
+                    from None
+        resources = ray.cluster_resources()
+        gpus = resources.get("GPU", 0)
+        per_worker = self.config.gpus_per_worker if self.config.gpus_per_worker is not None else (1 if gpus else 0)
+        workers = self.config.workers or (max(1, int(gpus // per_worker)) if per_worker else 1)
+        if per_worker and per_worker * workers > gpus:
+            raise AutolabelError(f"--workers {workers} x --gpus-per-worker {per_worker:g} needs {per_worker * workers:g}"
+                                 f" GPUs; the Ray cluster has {gpus:g}")
+        return {"workers": workers, "gpus_per_worker": per_worker, "cluster_cpus": resources.get("CPU", 0),
+                "cluster_gpus": gpus}
+
+    def _execute(self, ray, todo_path: Path, engine_info: dict, summary: RunSummary) -> None:
+        cfg = self.config
+        context = ray.data.DataContext.get_current()
+        context.enable_progress_bars = False  # the CLI shows its own progress
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
+        groups_per_call = cfg.batch_size if isinstance(cfg.batch_size, int) else 16
+        ds = (ray.data.read_text(str(todo_path))
+              .map(_decode_row, fn_kwargs={"max_pixels": cfg.max_pixels}, num_cpus=DECODE_CPUS)
+              .map_batches(LabelWorker, batch_size=groups_per_call, batch_format="numpy",
+                           compute=ray.data.ActorPoolStrategy(size=engine_info["workers"]),
+                           num_gpus=engine_info["gpus_per_worker"],
+                           fn_constructor_kwargs={"config": cfg.model_dump(mode="json"),
+                                                  "backend_factory": self._backend_factory}))
+        batch_sizes = []
+        for rows in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            for report in map(json.loads, rows["report"]):
+                summary.images += report["images"]
+                summary.done += report["done"]
+                summary.failed += [tuple(f) for f in report["failed"]]
+                summary.predict_s += report["predict_s"]
+                summary.oom += [OomEvent(**e) for e in report["oom"]]
+                if report["batch_size"]:
+                    batch_sizes.append(report["batch_size"])
+                self.progress.advance(report["groups"], report["images"], len(report["failed"]))
+        summary.batch_size = min(batch_sizes, default=None)
+
+    def _info(self, run_id, source, summary, engine_info, *, finished: bool) -> dict:
+        return run_info(self.config, self.labeler, source, summary, run_id=run_id, finished=finished,
+                        engine=self.name, engine_info=engine_info)
+
+
+def _decode_row(row: dict[str, Any], max_pixels: int) -> dict[str, Any]:
+    """A Ray Data task: the todo line -> its group's decoded images (or the decode error)."""
+    todo = json.loads(row["text"])
+    decoded = decode_group(ImageGroup.from_json(todo["group"]), max_pixels)
+    error = {"file": decoded.error.file, "reason": decoded.error.reason} if decoded.error else None
+    return {"todo": row["text"], "images": decoded.images or [], "error": json.dumps(error),
+            "decode_s": decoded.seconds}
+
+
+class LabelWorker:
+    """A Ray actor: loads the model once, labels batches of decoded groups, writes its own file."""
+
+    def __init__(self, config: dict, backend_factory: Callable[[BackendOptions], Backend] | None = None):
+        self.config = RunConfig.model_validate(config)
+        self.labeler = Labeler(self.config, backend_factory)
+        name = f"ray-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.writer = PredictionWriter(self.config.out, name)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[str]]:
+        requests, lines, decode_s, images_read = [], [], {}, 0
+        for todo, images, error, seconds in zip(batch["todo"], batch["images"], batch["error"], batch["decode_s"]):
+            todo, error = json.loads(todo), json.loads(error)
+            group = ImageGroup.from_json(todo["group"])
+            if error:
+                lines += self.labeler.group_failure(group, "decode", error["file"], error["reason"])
+                continue
+            images_read += len(group.images)
+            group_requests, failures = self.labeler.requests(group, list(images), skip=todo["skip"])
+            decode_s.update((r.key, round(float(seconds), 4)) for r in group_requests)
+            requests += group_requests
+            lines += failures
+        report = RunSummary(images=images_read)
+        if requests:
+            predicted = self.labeler.predict(requests)
+            lines += self.labeler.lines(predicted)
+            report.predict_s, report.oom, report.batch_size = predicted.predict_s, predicted.oom, self.labeler.batch_size
+        for line in lines:
+            line.timings = {**line.timings, "decode_s": decode_s.get(line.key, 0.0)}
+        self.writer.write(lines)  # on disk before the batch counts as done
+        report.count(lines)
+        return {"report": [json.dumps({"groups": len(batch["todo"]), "images": report.images, "done": report.done,
+                                       "failed": report.failed, "predict_s": report.predict_s,
+                                       "oom": [e.to_json() for e in report.oom], "batch_size": report.batch_size})]}
