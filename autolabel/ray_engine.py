@@ -38,6 +38,8 @@ INSTALL_HINT = "--engine ray needs Ray Data: pip install 'autolabel[ray]'  (or: 
 # Decoding is mostly file reads and libjpeg; half a CPU per task lets two run per core. Its
 # resources also differ from the actors', which keeps Ray from fusing decoding into the actors.
 DECODE_CPUS = 0.5
+# Each actor reserves one CPU slot: it feeds its GPU (or, on CPU, runs the model's threads).
+WORKER_CPUS = 1
 
 
 def import_ray():
@@ -108,23 +110,29 @@ class RayEngine:
         return n
 
     def _connect(self, ray) -> dict[str, Any]:
-        """Join `--ray-address` (or a cluster already joined), else start a local one."""
+        """Join `--ray-address` (or a cluster already joined), else start a local one, and size the
+        actor pool to it."""
+        cfg = self.config
         if not ray.is_initialized():
+            local = {} if cfg.ray_address else {
+                # a local cluster: enough CPU slots for every actor plus decoding, however few cores
+                "num_cpus": max(os.cpu_count() or 1, (cfg.workers or 1) * WORKER_CPUS + 1)}
             try:
-                ray.init(address=self.config.ray_address, include_dashboard=False, log_to_driver=False,
-                         logging_level="WARNING")
+                ray.init(address=cfg.ray_address, include_dashboard=False, log_to_driver=False,
+                         logging_level="WARNING", **local)
             except ConnectionError as e:
-                raise AutolabelError(f"--ray-address {self.config.ray_address}: cannot join the Ray cluster: {e}") \
-                    from None
+                raise AutolabelError(f"--ray-address {cfg.ray_address}: cannot join the Ray cluster: {e}") from None
         resources = ray.cluster_resources()
-        gpus = resources.get("GPU", 0)
-        per_worker = self.config.gpus_per_worker if self.config.gpus_per_worker is not None else (1 if gpus else 0)
-        workers = self.config.workers or (max(1, int(gpus // per_worker)) if per_worker else 1)
+        gpus, cpus = resources.get("GPU", 0), resources.get("CPU", 0)
+        per_worker = cfg.gpus_per_worker if cfg.gpus_per_worker is not None else (1 if gpus else 0)
+        workers = cfg.workers or (max(1, int(gpus // per_worker)) if per_worker else 1)
         if per_worker and per_worker * workers > gpus:
             raise AutolabelError(f"--workers {workers} x --gpus-per-worker {per_worker:g} needs {per_worker * workers:g}"
                                  f" GPUs; the Ray cluster has {gpus:g}")
-        return {"workers": workers, "gpus_per_worker": per_worker, "cluster_cpus": resources.get("CPU", 0),
-                "cluster_gpus": gpus}
+        if workers * WORKER_CPUS + DECODE_CPUS > cpus:
+            raise AutolabelError(f"--workers {workers} needs {workers * WORKER_CPUS + DECODE_CPUS:g} CPUs "
+                                 f"({WORKER_CPUS} per worker, {DECODE_CPUS} for decoding); the Ray cluster has {cpus:g}")
+        return {"workers": workers, "gpus_per_worker": per_worker, "cluster_cpus": cpus, "cluster_gpus": gpus}
 
     def _execute(self, ray, todo_path: Path, engine_info: dict, summary: RunSummary) -> None:
         cfg = self.config
@@ -136,7 +144,7 @@ class RayEngine:
               .map(_decode_row, fn_kwargs={"max_pixels": cfg.max_pixels}, num_cpus=DECODE_CPUS)
               .map_batches(LabelWorker, batch_size=groups_per_call, batch_format="numpy",
                            compute=ray.data.ActorPoolStrategy(size=engine_info["workers"]),
-                           num_gpus=engine_info["gpus_per_worker"],
+                           num_cpus=WORKER_CPUS, num_gpus=engine_info["gpus_per_worker"],
                            fn_constructor_kwargs={"config": cfg.model_dump(mode="json"),
                                                   "backend_factory": self._backend_factory}))
         batch_sizes = []

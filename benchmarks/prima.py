@@ -31,6 +31,8 @@ def main() -> None:
     parser.add_argument("--groups", type=int, default=360, help="training groups")
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (training uses bf16 autocast on CUDA)")
     args = parser.parse_args()
 
     import torch
@@ -40,13 +42,15 @@ def main() -> None:
     from autolabel.prima.model import PrimaModel
     from autolabel.prima.train import TrainOptions, train, validate
 
-    torch.set_num_threads(2)
+    if args.device == "cpu":
+        torch.set_num_threads(2)
     with tempfile.TemporaryDirectory(prefix="autolabel-prima-bench-") as tmp:
         root = Path(tmp)
         parts = build_tiny_parts(root)
         train_file, val_file = make_task(root, args.groups, seed=0), make_task(root, 60, seed=1, name="val")
         val = load_records(val_file).records
-        print(f"== {args.groups} training groups x {args.epochs} epochs; {len(val)} validation groups")
+        print(f"== {args.groups} training groups x {args.epochs} epochs, batch {args.batch_size}, lr {args.lr}; "
+              f"{len(val)} validation groups; on {torch.cuda.get_device_name() if args.device == 'cuda' else 'CPU'}")
         for relational in (True, False):
             square = SquareSpec(num_relational_queries=4, num_image_queries=8, num_layers=2, num_heads=4,
                                 use_relational_queries=relational)
@@ -54,10 +58,10 @@ def main() -> None:
             start = time.perf_counter()
             summary = train(TrainOptions(data=train_file, out=out, vision=parts["vision"], llm=parts["llm"],
                                          sam=parts["sam"], sam_spec=TINY_SAM, square=square,
-                                         lora=LoraSpec(r=16, alpha=32, dropout=0.0), epochs=args.epochs, batch_size=4,
-                                         lr=args.lr, save_every=10**9))
+                                         lora=LoraSpec(r=16, alpha=32, dropout=0.0), epochs=args.epochs,
+                                         batch_size=args.batch_size, lr=args.lr, save_every=10**9, device=args.device))
             train_s = time.perf_counter() - start
-            model = PrimaModel.from_pretrained(out)
+            model = PrimaModel.from_pretrained(out, device=args.device)
             start = time.perf_counter()
             scores = {kind: validate(model, [r for r in val if r.data["kind"] == kind], max_new_tokens=96)
                       for kind in KINDS}

@@ -51,8 +51,12 @@ def qwen_tokenizer(words: tuple[str, ...] = ()):
     return tok
 
 
-def build_tiny_vlm(family: str, directory: Path, seed: int = 0) -> Path:
-    """Save a random tiny `family` model + processor (with its video processor) to `directory`."""
+def build_tiny_vlm(family: str, directory: Path, seed: int = 0, scale: str = "tiny") -> Path:
+    """Save a random tiny `family` model + processor (with its video processor) to `directory`.
+
+    `scale="base"` (qwen2_5_vl only) gives the layer sizes of Qwen2.5-VL-3B's vision tower and a
+    0.5B-class language model, still random, saved in bf16: for GPU benchmarks, where compute and
+    memory should look like a real checkpoint's."""
     import torch
     from transformers import (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor,
                               Qwen2VLImageProcessor, Qwen2VLVideoProcessor, Qwen3VLConfig,
@@ -68,10 +72,17 @@ def build_tiny_vlm(family: str, directory: Path, seed: int = 0) -> Path:
                 eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     size = {"shortest_edge": 32 * 32, "longest_edge": 64 * 64 * 4}  # few patches per image
     vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64)
+    if scale == "base":
+        text.update(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+                    num_key_value_heads=2)
+        size = {"shortest_edge": 56 * 56, "longest_edge": 448 * 448}  # up to 256 visual tokens per image
+        vision = dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=896)
     if family == "qwen2_5_vl":
-        text["rope_parameters"] = {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 3]}
+        text["rope_parameters"] = {"rope_type": "default", "rope_theta": 1e6,  # sections sum to head_dim / 2
+                                   "mrope_section": [8, 12, 12] if scale == "base" else [2, 3, 3]}
         config = Qwen2_5_VLConfig(text_config=text, vision_config=dict(
-            vision, fullatt_block_indexes=[1], window_size=56, patch_size=14), **ids)
+            vision, fullatt_block_indexes=[7, 15, 23, 31] if scale == "base" else [1], window_size=112 if scale == "base"
+            else 56, patch_size=14), **ids)
         model = Qwen2_5_VLForConditionalGeneration(config)
         processor = Qwen2_5_VLProcessor(
             image_processor=Qwen2VLImageProcessor(patch_size=14, merge_size=2, temporal_patch_size=2, size=size),
@@ -88,6 +99,8 @@ def build_tiny_vlm(family: str, directory: Path, seed: int = 0) -> Path:
             tokenizer=tok, video_processor=Qwen3VLVideoProcessor(), chat_template=CHAT_TEMPLATE)
     else:
         raise ValueError(f"unknown family {family!r}; one of {FAMILIES}")
+    if scale == "base":
+        model = model.to(torch.bfloat16)
     model.generation_config.pad_token_id = tok.pad_token_id
     model.generation_config.eos_token_id = tok.eos_token_id
     directory.mkdir(parents=True, exist_ok=True)

@@ -60,24 +60,31 @@ def write_ground_truth(records: list[Record], path: Path) -> Path:
     return path
 
 
-def write_predictions(model, records: list[Record], run_dir: Path, max_new_tokens: int) -> Path:
-    """Generate on every record and write a run directory `autolabel eval` reads."""
+def write_predictions(model, records: list[Record], run_dir: Path, max_new_tokens: int, batch_size: int = 16) -> Path:
+    """Generate on every record, `batch_size` groups per generate call, and write a run directory
+    `autolabel eval` reads."""
     from autolabel.prima.model import Example, Turn as ModelTurn
 
     categories = record_categories(records)
     writer = PredictionWriter(run_dir)
     try:
-        for record in records:
-            example = record.example()
-            questions = [ModelTurn(t["question"], refs=[(r["image"], r["box"]) for r in t.get("refs", [])])
-                         for t in record.data["conversation"]]
-            generated = model.generate(Example(example.images, questions), max_new_tokens=max_new_tokens)
-            turns = [answer_turn(q.question, g, categories, round_) for round_, (q, g) in enumerate(zip(questions, generated))]
-            images = [ImageInfo(file, image.shape[1], image.shape[0]) for file, image in zip(record.data["images"],
-                                                                                             example.images)]
-            writer.write([Prediction(key=prediction_key(record.id, VALIDATION_TEMPLATE, "prima"), group_id=record.id,
-                                     images=images, template=VALIDATION_TEMPLATE, template_hash="", model="prima",
-                                     backend="prima", turns=turns, category="prima")])
+        for start in range(0, len(records), batch_size):
+            batch = records[start:start + batch_size]
+            examples = [record.example() for record in batch]
+            questions = [[ModelTurn(t["question"], refs=[(r["image"], r["box"]) for r in t.get("refs", [])])
+                          for t in record.data["conversation"]] for record in batch]
+            generated = model.generate_batch([Example(e.images, q) for e, q in zip(examples, questions)],
+                                             max_new_tokens=max_new_tokens)
+            lines = []
+            for record, example, asked, answers in zip(batch, examples, questions, generated):
+                turns = [answer_turn(q.question, g, categories, round_)
+                         for round_, (q, g) in enumerate(zip(asked, answers))]
+                images = [ImageInfo(file, image.shape[1], image.shape[0])
+                          for file, image in zip(record.data["images"], example.images)]
+                lines.append(Prediction(key=prediction_key(record.id, VALIDATION_TEMPLATE, "prima"), group_id=record.id,
+                                        images=images, template=VALIDATION_TEMPLATE, template_hash="", model="prima",
+                                        backend="prima", turns=turns, category="prima"))
+            writer.write(lines)
         writer.write_info({"templates": {VALIDATION_TEMPLATE: {"categories": categories}}})
     finally:
         writer.close()
