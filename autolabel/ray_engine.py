@@ -136,9 +136,8 @@ class RayEngine:
 
     def _execute(self, ray, todo_path: Path, engine_info: dict, summary: RunSummary) -> None:
         cfg = self.config
-        context = ray.data.DataContext.get_current()
-        context.enable_progress_bars = False  # the CLI shows its own progress
-        logging.getLogger("ray.data").setLevel(logging.WARNING)
+        logging.getLogger("ray.data").setLevel(logging.ERROR)  # its plan and tuning notes are not the user's
+        ray.data.DataContext.get_current().enable_progress_bars = False  # the CLI shows its own progress
         groups_per_call = cfg.batch_size if isinstance(cfg.batch_size, int) else 16
         ds = (ray.data.read_text(str(todo_path))
               .map(_decode_row, fn_kwargs={"max_pixels": cfg.max_pixels}, num_cpus=DECODE_CPUS)
@@ -150,6 +149,8 @@ class RayEngine:
         batch_sizes = []
         for rows in ds.iter_batches(batch_size=None, batch_format="numpy"):
             for report in map(json.loads, rows["report"]):
+                if "fatal" in report:  # a configuration error in a worker: every worker would hit it
+                    raise AutolabelError(report["fatal"])
                 summary.images += report["images"]
                 summary.done += report["done"]
                 summary.failed += [tuple(f) for f in report["failed"]]
@@ -184,6 +185,12 @@ class LabelWorker:
         self.writer = PredictionWriter(self.config.out, name)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[str]]:
+        try:
+            return self._label(batch)
+        except AutolabelError as e:  # e.g. the model will not load: reported as one clear message
+            return {"report": [json.dumps({"fatal": str(e)})]}
+
+    def _label(self, batch: dict[str, np.ndarray]) -> dict[str, list[str]]:
         requests, lines, decode_s, images_read = [], [], {}, 0
         for todo, images, error, seconds in zip(batch["todo"], batch["images"], batch["error"], batch["decode_s"]):
             todo, error = json.loads(todo), json.loads(error)

@@ -16,6 +16,7 @@ from tiny_vlm import tiny_vlm
 
 from autolabel.config import RunConfig
 from autolabel.engine import Engine
+from autolabel.errors import AutolabelError
 from autolabel.ray_engine import RayEngine
 from autolabel.store import prediction_files, read_predictions
 
@@ -106,3 +107,11 @@ def test_without_ray_the_cli_says_how_to_install_it(tmp_path, template):
                        env={"PYTHONPATH": str(TESTS), "PATH": "/usr/bin:/bin"})
     assert r.returncode == 2, r.stderr
     assert "pip install 'autolabel[ray]'" in r.stderr
+
+
+def test_a_model_that_will_not_load_in_a_worker_is_one_clear_error(tmp_path):
+    data = make_groups(tmp_path / "data", 2)
+    cfg = RunConfig(input=data, out=tmp_path / "run", prompt=["ontology"], var={"classes": "cat"}, engine="ray",
+                    model=str(tmp_path / "no-such-model"), quiet=True)
+    with pytest.raises(AutolabelError, match="no-such-model.*no such directory"):
+        RayEngine(cfg).run()
