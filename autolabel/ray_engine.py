@@ -144,7 +144,7 @@ class RayEngine:
               .map_batches(LabelWorker, batch_size=groups_per_call, batch_format="numpy",
                            compute=ray.data.ActorPoolStrategy(size=engine_info["workers"]),
                            num_cpus=WORKER_CPUS, num_gpus=engine_info["gpus_per_worker"],
-                           fn_constructor_kwargs={"config": cfg.model_dump(mode="json"),
+                           fn_constructor_kwargs={"config": _absolute_paths(cfg).model_dump(mode="json"),
                                                   "backend_factory": self._backend_factory}))
         batch_sizes = []
         for rows in ds.iter_batches(batch_size=None, batch_format="numpy"):
@@ -164,6 +164,18 @@ class RayEngine:
     def _info(self, run_id, source, summary, engine_info, *, finished: bool) -> dict:
         return run_info(self.config, self.labeler, source, summary, run_id=run_id, finished=finished,
                         engine=self.name, engine_info=engine_info)
+
+
+def _absolute_paths(config: RunConfig) -> RunConfig:
+    """The config as workers need it: their working directory is not the driver's."""
+    update: dict[str, Any] = {"out": config.out.resolve(), "input": config.input.resolve()}
+    if config.manifest is not None:
+        update["manifest"] = config.manifest.resolve()
+    for key in ("model", "mask_model"):
+        value = getattr(config, key)
+        if value and Path(value).exists():  # a local directory or file, not a hub id
+            update[key] = str(Path(value).resolve())
+    return config.model_copy(update=update)
 
 
 def _decode_row(row: dict[str, Any], max_pixels: int) -> dict[str, Any]:
