@@ -28,7 +28,7 @@ from autolabel.config import RunConfig
 from autolabel.errors import AutolabelError, InputError
 from autolabel.groups import BadGroup, ImageGroup
 from autolabel.images import decode_image
-from autolabel.labeler import Labeler, OomEvent
+from autolabel.labeler import AUTO_BATCH_CPU, Labeler, OomEvent
 from autolabel.prediction import Prediction
 from autolabel.sources import Source, open_source
 from autolabel.store import PredictionWriter, scan_status
@@ -156,9 +156,6 @@ class Engine:
         self.config = config
         self.progress = progress or Progress()
         self.labeler = Labeler(config, backend_factory)
-        self.templates = self.labeler.templates
-        self.model_id = self.labeler.model_id
-        self._decode_seconds: dict[str, float] = {}  # key -> its group's decode time, until written
 
     @property
     def backend(self) -> Backend:
@@ -194,7 +191,8 @@ class Engine:
                  summary: RunSummary) -> None:
         cfg = self.config
         batch: list[Request] = []
-        window = max(2 * (cfg.batch_size if isinstance(cfg.batch_size, int) else 8), cfg.decode_workers * 2)
+        # decode ahead by two batches (or threads); `auto` is not known before the model loads
+        window = max(2 * (cfg.batch_size if isinstance(cfg.batch_size, int) else AUTO_BATCH_CPU), cfg.decode_workers * 2)
         with ThreadPoolExecutor(cfg.decode_workers, thread_name_prefix="decode") as decoders, \
                 ThreadPoolExecutor(1, thread_name_prefix="write") as write_behind:
             pending: deque[Future] = deque()
@@ -221,11 +219,9 @@ class Engine:
                     self.progress.advance(1, 0, 0)
                     continue
                 summary.images += len(group.images)
-                requests, failures = self.labeler.requests(group, decoded.images, skip=done)
+                requests, failures = self.labeler.requests(group, decoded.images, skip=done, decode_s=decoded.seconds)
                 if failures:
                     write_behind_model(lambda failures=failures: failures)
-                for request in requests:
-                    self._decode_seconds[request.key] = round(decoded.seconds, 4)
                 batch.extend(requests)
                 if batch and len(batch) >= self.labeler.batch_size:
                     flush(batch)
@@ -240,8 +236,6 @@ class Engine:
     def _write(self, writer: PredictionWriter, make_lines: Callable[[], list[Prediction]],
                summary: RunSummary) -> None:
         lines = make_lines()
-        for line in lines:
-            line.timings = {**line.timings, "decode_s": self._decode_seconds.pop(line.key, 0.0)}
         writer.write(lines)
         self.progress.advance(0, 0, summary.count(lines))
 

@@ -133,7 +133,7 @@ class Labeler:
     def keys(self, group_id: str) -> list[str]:
         return [prediction_key(group_id, t.name, self.model_id) for t in self.templates]
 
-    def requests(self, group: ImageGroup, images: list[np.ndarray], skip: Iterable[str] = ()
+    def requests(self, group: ImageGroup, images: list[np.ndarray], skip: Iterable[str] = (), decode_s: float = 0.0
                  ) -> tuple[list[Request], list[Prediction]]:
         """The group's requests, one per template not in `skip`; a template that will not render
         for this group becomes an error line instead."""
@@ -150,7 +150,7 @@ class Labeler:
             except AutolabelError as e:
                 failures.append(self.failure(group, key, "template", str(e), template=template))
                 continue
-            requests.append(Request(key, group, images, prompt))
+            requests.append(Request(key, group, images, prompt, round(decode_s, 4)))
         return requests, failures
 
     # -- predicting ------------------------------------------------------------------------
@@ -211,7 +211,7 @@ class Labeler:
                                     prompt=request.prompt, images=request.images)
             else:
                 line = self._success(request, answer)
-            line.timings = dict(timings)
+            line.timings = {**timings, "decode_s": request.decode_s}
             out.append(line)
         return out
 

@@ -203,7 +203,7 @@ class LabelWorker:
             return {"report": [json.dumps({"fatal": str(e)})]}
 
     def _label(self, batch: dict[str, np.ndarray]) -> dict[str, list[str]]:
-        requests, lines, decode_s, images_read = [], [], {}, 0
+        requests, lines, images_read = [], [], 0
         for todo, images, error, seconds in zip(batch["todo"], batch["images"], batch["error"], batch["decode_s"]):
             todo, error = json.loads(todo), json.loads(error)
             group = ImageGroup.from_json(todo["group"])
@@ -211,8 +211,8 @@ class LabelWorker:
                 lines += self.labeler.group_failure(group, "decode", error["file"], error["reason"])
                 continue
             images_read += len(group.images)
-            group_requests, failures = self.labeler.requests(group, list(images), skip=todo["skip"])
-            decode_s.update((r.key, round(float(seconds), 4)) for r in group_requests)
+            group_requests, failures = self.labeler.requests(group, list(images), skip=todo["skip"],
+                                                             decode_s=float(seconds))
             requests += group_requests
             lines += failures
         report = RunSummary(images=images_read)
@@ -220,8 +220,6 @@ class LabelWorker:
             predicted = self.labeler.predict(requests)
             lines += self.labeler.lines(predicted)
             report.predict_s, report.oom, report.batch_size = predicted.predict_s, predicted.oom, self.labeler.batch_size
-        for line in lines:
-            line.timings = {**line.timings, "decode_s": decode_s.get(line.key, 0.0)}
         self.writer.write(lines)  # on disk before the batch counts as done
         report.count(lines)
         return {"report": [json.dumps({"groups": len(batch["todo"]), "images": report.images, "done": report.done,

@@ -21,6 +21,7 @@ class Request:
     group: ImageGroup
     images: list[np.ndarray]
     prompt: RenderedPrompt
+    decode_s: float = 0.0  # how long its group's images took to decode, written in the line's timings
 
 
 @dataclass
