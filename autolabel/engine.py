@@ -17,6 +17,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from autolabel.groups import BadGroup, ImageGroup
 from autolabel.images import decode_image
 from autolabel.labeler import AUTO_BATCH_CPU, Labeler, OomEvent
 from autolabel.prediction import Prediction
+from autolabel.prefetch import read_ahead
 from autolabel.sources import Source, open_source
 from autolabel.store import PredictionWriter, scan_status
 from autolabel.templates import render
@@ -126,18 +128,6 @@ def decode_group(group: ImageGroup | BadGroup, max_pixels: int) -> Decoded:
     return Decoded(group, images, None, time.perf_counter() - t0)
 
 
-def decode_ahead(groups: Iterator[ImageGroup | BadGroup], max_pixels: int, pool: ThreadPoolExecutor,
-                 window: int) -> Iterator[Decoded]:
-    """Decode up to `window` groups ahead of the consumer, yielding in source order."""
-    queue: deque[Future] = deque()
-    for group in groups:
-        queue.append(pool.submit(decode_group, group, max_pixels))
-        if len(queue) >= window:
-            yield queue.popleft().result()
-    while queue:
-        yield queue.popleft().result()
-
-
 def failure_lines(labeler: Labeler, decoded: Decoded) -> list[Prediction]:
     """Error lines for a group that could not be listed or decoded."""
     group = decoded.group
@@ -210,7 +200,7 @@ class Engine:
                 write_behind_model(lambda: self.labeler.lines(predicted))
 
             todo = todo_groups(planned_groups(cfg, source), self.labeler, done, summary, self.progress)
-            for decoded in decode_ahead(todo, cfg.max_pixels, decoders, window):
+            for decoded in read_ahead(todo, partial(decode_group, max_pixels=cfg.max_pixels), decoders, window):
                 group = decoded.group
                 summary.groups += 1
                 if isinstance(group, BadGroup) or decoded.error is not None:

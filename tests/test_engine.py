@@ -158,7 +158,8 @@ def test_memory_window_is_bounded(tmp_path, template, monkeypatch):
                     quiet=True, batch_size=2, decode_workers=2)
     decoded, predicted = [], []
     original_decode = engine_module.decode_group
-    monkeypatch.setattr(engine_module, "decode_group", lambda g, px: (decoded.append(g.id), original_decode(g, px))[1])
+    monkeypatch.setattr(engine_module, "decode_group",
+                        lambda g, max_pixels: (decoded.append(g.id), original_decode(g, max_pixels))[1])
 
     class CountingBackend(BoxBackend):
         def predict(self, requests):

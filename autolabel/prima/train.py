@@ -14,6 +14,7 @@ import random
 import shutil
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from autolabel.errors import AutolabelError
+from autolabel.prefetch import read_ahead
 from autolabel.prima.config import LoraSpec, SamSpec, SquareSpec
 from autolabel.prima.data import Record, load_records
 from autolabel.prima.model import PrimaModel
@@ -29,6 +31,7 @@ from autolabel.prima.model import PrimaModel
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.json"
 METRICS_FILE = "metrics.jsonl"
+LOADER_THREADS = 4  # batches decoded ahead of the one training (3 photos of 1024x768: ~26 ms a group here)
 
 
 class TrainOptions(BaseModel):
@@ -106,22 +109,26 @@ def _loop(model: PrimaModel, optimizer, trainable: list, records: list[Record], 
         order = list(range(len(records)))
         random.Random(options.seed + epoch).shuffle(order)
         model.train()
-        for b in range(state["batch"] if epoch == state["epoch"] else 0, batches_per_epoch):
-            batch = [records[i] for i in order[b * options.batch_size:(b + 1) * options.batch_size]]
-            with autocast:
-                losses = model([r.example() for r in batch])
-            (losses["loss"] / options.grad_accum).backward()
-            summary.examples += len(batch)
-            summary.last_loss = {k: round(v.item(), 4) for k, v in losses.items()}
-            if (b + 1) % options.grad_accum == 0 or b + 1 == batches_per_epoch:
-                torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                state["step"] += 1
-                if state["step"] % options.save_every == 0:
-                    _checkpoint(model, optimizer, options.out, {**state, "epoch": epoch, "batch": b + 1})
-            if progress:
-                progress.advance(summary.last_loss)
+        first = state["batch"] if epoch == state["epoch"] else 0
+        batches = ([records[i] for i in order[b * options.batch_size:(b + 1) * options.batch_size]]
+                   for b in range(first, batches_per_epoch))
+        # the next batches' images and masks decode in threads while this one trains
+        with ThreadPoolExecutor(LOADER_THREADS, thread_name_prefix="load") as loaders:
+            for b, examples in enumerate(read_ahead(batches, _examples, loaders, window=LOADER_THREADS), first):
+                with autocast:
+                    losses = model(examples)
+                (losses["loss"] / options.grad_accum).backward()
+                summary.examples += len(examples)
+                summary.last_loss = {k: round(v.item(), 4) for k, v in losses.items()}
+                if (b + 1) % options.grad_accum == 0 or b + 1 == batches_per_epoch:
+                    torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    state["step"] += 1
+                    if state["step"] % options.save_every == 0:
+                        _checkpoint(model, optimizer, options.out, {**state, "epoch": epoch, "batch": b + 1})
+                if progress:
+                    progress.advance(summary.last_loss)
         state["batch"] = 0
         summary.epochs = epoch + 1
         if val_data is not None:
@@ -131,6 +138,10 @@ def _loop(model: PrimaModel, optimizer, trainable: list, records: list[Record], 
             with (options.out / METRICS_FILE).open("a") as f:
                 f.write(json.dumps(metrics) + "\n")
         _checkpoint(model, optimizer, options.out, {**state, "epoch": epoch + 1, "batch": 0})
+
+
+def _examples(batch: list[Record]) -> list:
+    return [record.example() for record in batch]
 
 
 def validate(model: PrimaModel, records: list[Record], max_new_tokens: int) -> dict[str, float | None]:
