@@ -30,7 +30,7 @@ from autolabel.config import RunConfig
 from autolabel.engine import Progress, RunSummary, decode_group, done_keys, planned_groups, run_info, todo_groups
 from autolabel.errors import AutolabelError
 from autolabel.groups import BadGroup, ImageGroup
-from autolabel.labeler import Labeler, OomEvent
+from autolabel.labeler import AUTO_BATCH_START, Labeler, OomEvent
 from autolabel.sources import open_source
 from autolabel.store import PredictionWriter
 
@@ -138,7 +138,7 @@ class RayEngine:
         cfg = self.config
         logging.getLogger("ray.data").setLevel(logging.ERROR)  # its plan and tuning notes are not the user's
         ray.data.DataContext.get_current().enable_progress_bars = False  # the CLI shows its own progress
-        groups_per_call = cfg.batch_size if isinstance(cfg.batch_size, int) else 16
+        groups_per_call = cfg.batch_size if isinstance(cfg.batch_size, int) else AUTO_BATCH_START
         ds = (ray.data.read_text(str(todo_path))
               .map(_decode_row, fn_kwargs={"max_pixels": cfg.max_pixels}, num_cpus=DECODE_CPUS)
               .map_batches(LabelWorker, batch_size=groups_per_call, batch_format="numpy",
