@@ -146,7 +146,6 @@ class RayEngine:
                            num_cpus=WORKER_CPUS, num_gpus=engine_info["gpus_per_worker"],
                            fn_constructor_kwargs={"config": _absolute_paths(cfg).model_dump(mode="json"),
                                                   "backend_factory": self._backend_factory}))
-        batch_sizes = []
         for rows in ds.iter_batches(batch_size=None, batch_format="numpy"):
             for report in map(json.loads, rows["report"]):
                 if "fatal" in report:  # a configuration error in a worker: every worker would hit it
@@ -156,10 +155,9 @@ class RayEngine:
                 summary.failed += [tuple(f) for f in report["failed"]]
                 summary.predict_s += report["predict_s"]
                 summary.oom += [OomEvent(**e) for e in report["oom"]]
-                if report["batch_size"]:
-                    batch_sizes.append(report["batch_size"])
+                if report["batch_size"]:  # the smallest any worker settled on
+                    summary.batch_size = min(summary.batch_size or report["batch_size"], report["batch_size"])
                 self.progress.advance(report["groups"], report["images"], len(report["failed"]))
-        summary.batch_size = min(batch_sizes, default=None)
 
     def _info(self, run_id, source, summary, engine_info, *, finished: bool) -> dict:
         return run_info(self.config, self.labeler, source, summary, run_id=run_id, finished=finished,
