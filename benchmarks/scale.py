@@ -7,6 +7,7 @@
   its gain is more GPUs and machines, which one machine does not show).
 
     .venv/bin/python benchmarks/scale.py [--noop-groups 10000] [--ray-groups 32]
+    python benchmarks/scale.py --noop-groups 0 --device cuda --scale base    # one GPU: Ray with 1 and 0.5 GPU per worker
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "benchmarks")]
 
 from conftest import make_groups, write_image  # noqa: E402
 
@@ -61,22 +62,26 @@ def noop_rerun(tmp: Path, n: int) -> None:
     print(f"  {r.stderr.strip().splitlines()[-1] if r.stderr.strip() else ''}")
 
 
-def local_vs_ray(tmp: Path, groups: int) -> None:
-    from tiny_sam import build_tiny_sam2_hf
+def local_vs_ray(tmp: Path, groups: int, device: str, scale: str) -> None:
+    from pipeline import build_sam
     from tiny_vlm import build_tiny_vlm
 
     from autolabel.engine import Engine
     from autolabel.ray_engine import RayEngine
 
-    vlm, sam = build_tiny_vlm("qwen2_5_vl", tmp / "vlm"), build_tiny_sam2_hf(tmp / "sam2")
-    data = make_groups(tmp / "ray-data", groups)
+    vlm, sam = build_tiny_vlm("qwen2_5_vl", tmp / "vlm", scale=scale), build_sam(scale, tmp)
+    data = make_groups(tmp / "ray-data", groups, side=32 if scale == "tiny" else 448)
     base = RunConfig(input=data, out=tmp / "x", prompt=["multi-target"], var={"targets": "cat, dog"}, model=str(vlm),
-                     mask_model=str(sam), device="cpu", batch_size=8, max_new_tokens=200, quiet=True,
+                     mask_model=sam, device=device, batch_size=8, max_new_tokens=200, quiet=True,
                      backend_option={"answer_limits": LIMITS})
+    gpu = device.startswith("cuda")
     rows = {}
-    for name, engine, extra in (("local", Engine, {}), ("ray, 1 worker", RayEngine, {"engine": "ray", "workers": 1}),
-                                ("ray, 2 workers", RayEngine, {"engine": "ray", "workers": 2})):
-        cfg = base.model_copy(update={"out": tmp / name.replace(" ", "").replace(",", "-"), **extra})
+    for name, engine, extra in (
+            ("local", Engine, {}),
+            ("ray, 1 worker", RayEngine, {"engine": "ray", "workers": 1, "gpus_per_worker": 1 if gpu else 0}),
+            ("ray, 2 workers" + (" on 0.5 GPU each" if gpu else ""), RayEngine,
+             {"engine": "ray", "workers": 2, "gpus_per_worker": 0.5 if gpu else 0})):
+        cfg = base.model_copy(update={"out": tmp / f"run-{len(rows)}", **extra})
         t0 = time.perf_counter()
         summary = engine(cfg).run()
         rows[name] = time.perf_counter() - t0
@@ -94,10 +99,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--noop-groups", type=int, default=10_000)
     parser.add_argument("--ray-groups", type=int, default=32)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--scale", choices=("tiny", "base"), default="tiny", help="as in benchmarks/pipeline.py")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        noop_rerun(Path(tmp), args.noop_groups)
-        local_vs_ray(Path(tmp), args.ray_groups)
+        if args.noop_groups:
+            noop_rerun(Path(tmp), args.noop_groups)
+        local_vs_ray(Path(tmp), args.ray_groups, args.device, args.scale)
 
 
 if __name__ == "__main__":
