@@ -146,6 +146,7 @@ class Engine:
         self.config = config
         self.progress = progress or Progress()
         self.labeler = Labeler(config, backend_factory)
+        self.engine_info: dict = {}  # what run.json records of the engine beyond its name and batch size
 
     @property
     def backend(self) -> Backend:
@@ -153,6 +154,7 @@ class Engine:
 
     # -- the run --------------------------------------------------------------------------
     def run(self) -> RunSummary:
+        """Open the source and the run directory, label what is left (`_process`), record run.json."""
         cfg = self.config
         t0 = time.perf_counter()
         source = open_source(cfg.input, manifest=cfg.manifest, group_by=cfg.group_by,
@@ -179,6 +181,7 @@ class Engine:
 
     def _process(self, source: Source, writer: PredictionWriter, done: set[str],
                  summary: RunSummary) -> None:
+        """Label the groups of `source` not in `done`, writing lines and counting them in `summary`."""
         cfg = self.config
         batch: list[Request] = []
         # decode ahead by two batches (or threads); `auto` is not known before the model loads
@@ -231,7 +234,7 @@ class Engine:
 
     def _run_info(self, run_id: str, source: Source, summary: RunSummary, *, finished: bool) -> dict:
         return run_info(self.config, self.labeler, source, summary, run_id=run_id, finished=finished,
-                        engine=self.name)
+                        engine=self.name, engine_info=self.engine_info)
 
 
 def run_info(config: RunConfig, labeler: Labeler, source: Source, summary: RunSummary, *, run_id: str,

@@ -1,7 +1,7 @@
 """`--engine ray`: the same run spread over the GPUs and machines of a Ray cluster, with Ray Data.
 
 The driver plans as the local engine does (shard, limit, keys already done in RUN_DIR, whichever
-engine did them) and streams the groups left to do into `RUN_DIR/.todo-<run id>.jsonl`, so its
+engine did them) and streams the groups left to do into `RUN_DIR/.todo-<id>.jsonl`, so its
 memory does not grow with the dataset. Ray Data then reads that file in blocks, decodes images
 in CPU tasks, and feeds batches to a pool of actors that each load the model once and write
 their own `predictions.ray-<host>-<pid>-<id>.jsonl` in RUN_DIR (no two writers share a file;
@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import socket
-import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -27,11 +26,11 @@ import numpy as np
 
 from autolabel.backends.base import Backend, BackendOptions
 from autolabel.config import RunConfig
-from autolabel.engine import Progress, RunSummary, decode_group, done_keys, planned_groups, run_info, todo_groups
+from autolabel.engine import Engine, Progress, RunSummary, decode_group, planned_groups, todo_groups
 from autolabel.errors import AutolabelError
 from autolabel.groups import BadGroup, ImageGroup
 from autolabel.labeler import AUTO_BATCH_START, Labeler, OomEvent
-from autolabel.sources import open_source
+from autolabel.sources import Source
 from autolabel.store import PredictionWriter
 
 INSTALL_HINT = "--engine ray needs Ray Data: pip install 'autolabel[ray]'  (or: pip install 'ray[data]')"
@@ -51,46 +50,29 @@ def import_ray():
     return ray
 
 
-class RayEngine:
+class RayEngine(Engine):
+    """The local engine's run (planning, run.json, summary) with the labelling done by Ray."""
+
     name = "ray"
 
     def __init__(self, config: RunConfig, progress: Progress | None = None,
                  backend_factory: Callable[[BackendOptions], Backend] | None = None):
-        self.config = config
-        self.progress = progress or Progress()
-        self.labeler = Labeler(config, backend_factory)  # the driver never loads the model
+        super().__init__(config, progress, backend_factory)  # the driver's labeler never loads the model
         self._backend_factory = backend_factory
 
     def run(self) -> RunSummary:
-        ray = import_ray()
-        cfg = self.config
-        t0 = time.perf_counter()
-        source = open_source(cfg.input, manifest=cfg.manifest, group_by=cfg.group_by,
-                             allow_outside_root=cfg.allow_outside_root)
-        writer = PredictionWriter(cfg.out, cfg.shard_name)
-        summary = RunSummary()
-        run_id = uuid.uuid4().hex[:12]
-        todo_path = cfg.out / f".todo-{run_id}.jsonl"
-        engine_info: dict[str, Any] = {}
+        import_ray()  # missing Ray is a usage error before anything is written
+        return super().run()
+
+    def _process(self, source: Source, writer: PredictionWriter, done: set[str], summary: RunSummary) -> None:
+        todo_path = self.config.out / f".todo-{uuid.uuid4().hex[:12]}.jsonl"
         try:
-            writer.write_info(self._info(run_id, source, summary, engine_info, finished=False))
-            done = set() if cfg.overwrite else done_keys([cfg.out])
-            total = None if cfg.quiet else sum(1 for _ in planned_groups(cfg, source))
-            self.progress.start(total)
-            todo = self._plan(source, writer, done, summary, todo_path)
-            if todo:
-                engine_info.update(self._connect(ray))
-                self._execute(ray, todo_path, engine_info, summary)
-            summary.skipped_files = list(source.stats.skipped)
+            if self._plan(source, writer, done, summary, todo_path):
+                ray = import_ray()
+                self.engine_info.update(self._connect(ray))
+                self._execute(ray, todo_path, summary)
         finally:
-            self.progress.stop()
             todo_path.unlink(missing_ok=True)
-            summary.wall_s = time.perf_counter() - t0
-            try:
-                writer.write_info(self._info(run_id, source, summary, engine_info, finished=True))
-            finally:
-                writer.close()
-        return summary
 
     def _plan(self, source, writer: PredictionWriter, done: set[str], summary: RunSummary, todo_path: Path) -> int:
         """Write the groups left to do to the todo file; groups the source could not build are
@@ -134,7 +116,7 @@ class RayEngine:
                                  f"({WORKER_CPUS} per worker, {DECODE_CPUS} for decoding); the Ray cluster has {cpus:g}")
         return {"workers": workers, "gpus_per_worker": per_worker, "cluster_cpus": cpus, "cluster_gpus": gpus}
 
-    def _execute(self, ray, todo_path: Path, engine_info: dict, summary: RunSummary) -> None:
+    def _execute(self, ray, todo_path: Path, summary: RunSummary) -> None:
         cfg = self.config
         logging.getLogger("ray.data").setLevel(logging.ERROR)  # its plan and tuning notes are not the user's
         ray.data.DataContext.get_current().enable_progress_bars = False  # the CLI shows its own progress
@@ -142,8 +124,8 @@ class RayEngine:
         ds = (ray.data.read_text(str(todo_path))
               .map(_decode_row, fn_kwargs={"max_pixels": cfg.max_pixels}, num_cpus=DECODE_CPUS)
               .map_batches(LabelWorker, batch_size=groups_per_call, batch_format="numpy",
-                           compute=ray.data.ActorPoolStrategy(size=engine_info["workers"]),
-                           num_cpus=WORKER_CPUS, num_gpus=engine_info["gpus_per_worker"],
+                           compute=ray.data.ActorPoolStrategy(size=self.engine_info["workers"]),
+                           num_cpus=WORKER_CPUS, num_gpus=self.engine_info["gpus_per_worker"],
                            fn_constructor_kwargs={"config": _absolute_paths(cfg).model_dump(mode="json"),
                                                   "backend_factory": self._backend_factory}))
         for rows in ds.iter_batches(batch_size=None, batch_format="numpy"):
@@ -158,10 +140,6 @@ class RayEngine:
                 if report["batch_size"]:  # the smallest any worker settled on
                     summary.batch_size = min(summary.batch_size or report["batch_size"], report["batch_size"])
                 self.progress.advance(report["groups"], report["images"], len(report["failed"]))
-
-    def _info(self, run_id, source, summary, engine_info, *, finished: bool) -> dict:
-        return run_info(self.config, self.labeler, source, summary, run_id=run_id, finished=finished,
-                        engine=self.name, engine_info=engine_info)
 
 
 def _absolute_paths(config: RunConfig) -> RunConfig:
