@@ -1,7 +1,9 @@
 """PNG export: one instance-indexed PNG per image plus `legend.json` saying what each value is.
 
 Pixel values: 0 is background, 1..K the image's instances in stream order (uint8 PNG while
-K < 256, 16-bit beyond). Overlaps: the highest score is on top; between equal scores the later
+K < 256, 16-bit beyond). Such a PNG looks black in an image viewer, so each gets a colour
+twin, `NAME.color.png` (RGB: background black, instance k in colour k of `palette.py`, the
+colours `legend.json` lists under `palette`); the index PNG is the one to read values from. Overlaps: the highest score is on top; between equal scores the later
 instance wins. An instance hidden entirely by others still has its legend entry, with
 `"visible_pixels": 0`. Masks with no pixel at all are left out and counted (as in COCO).
 
@@ -27,8 +29,10 @@ from autolabel.store import read_predictions
 
 from autolabel.exporters.coco import (ExportStats, ImageRecord, JsonItems, RunIndex, atomic_output, dumps,
                                       index_runs, segment_category)
+from autolabel.exporters.palette import index_lut
 
 LEGEND = "legend.json"
+COLOR_SUFFIX = ".color.png"  # the colour twin of an index PNG: a.png -> a.color.png
 
 
 @dataclass
@@ -47,6 +51,7 @@ def export_masks(run_dirs: list[Path], out_dir: Path) -> ExportStats:
     png_paths = _png_paths(index.images, out_dir)
     stats = ExportStats(categories=len(index.categories))
     pending: dict[str, _Pending] = {}
+    most_instances = 0
     with atomic_output(out_dir / LEGEND) as f:
         categories = [{"id": c.id, "name": c.name} for c in index.categories]
         f.write('{"categories":' + dumps(categories) + ',"images":{')
@@ -61,11 +66,19 @@ def export_masks(run_dirs: list[Path], out_dir: Path) -> ExportStats:
                 canvas = _paint(pred, position, record, index, png_paths.get(file), state, stats)
                 if state.seen == record.predictions:
                     del pending[file]
+                    if canvas is not None:
+                        _write_color_png(color_path(png_paths[file]), canvas, len(state.instances))
+                    most_instances = max(most_instances, len(state.instances))
                     legend.add(dumps(file) + ":" + dumps(_legend_entry(record, png_paths.get(file), out_dir,
                                                                        canvas, state.instances)))
                     stats.images += 1
-        f.write("}}\n")
+        f.write('},"palette":' + dumps(index_lut(most_instances).tolist()) + "}\n")
     return stats
+
+
+def color_path(png: Path) -> Path:
+    """Where the colour twin of index PNG `png` goes: `a.png` -> `a.color.png`."""
+    return png.with_name(png.name.removesuffix(".png") + COLOR_SUFFIX)
 
 
 def _distinct_files(pred: Prediction) -> list[tuple[int, str]]:
@@ -135,6 +148,11 @@ def _png_paths(images: dict[str, ImageRecord], out_dir: Path) -> dict[str, Path]
             paths[file] = out_dir.joinpath(*name.parts)
     if len(set(paths.values())) != len(paths):
         raise AutolabelError(f"{out_dir}: image paths collide after adding .png; rename the inputs")
+    taken = {path: file for file, path in paths.items()}
+    for file, path in paths.items():
+        if color_path(path) in taken:
+            raise AutolabelError(f"{out_dir}: the colour PNG of {file!r} would overwrite the mask PNG of "
+                                 f"{taken[color_path(path)]!r} ({color_path(path).name}); rename the inputs")
     return paths
 
 
@@ -145,7 +163,17 @@ def _read_png(path: Path) -> np.ndarray:
 
 def _write_png(path: Path, canvas: np.ndarray, instances: int) -> None:
     """8-bit while the values fit, 16-bit beyond; written whole (temp file + rename)."""
-    ok, data = cv2.imencode(".png", canvas.astype(np.uint8 if instances < 256 else np.uint16))
+    _write_encoded(path, canvas.astype(np.uint8 if instances < 256 else np.uint16))
+
+
+def _write_color_png(path: Path, canvas: np.ndarray, instances: int) -> None:
+    """The index canvas in colour (RGB), for eyes: background black, instance k in colour k."""
+    rgb = index_lut(instances)[canvas]
+    _write_encoded(path, np.ascontiguousarray(rgb[..., ::-1]))  # OpenCV writes BGR
+
+
+def _write_encoded(path: Path, pixels: np.ndarray) -> None:
+    ok, data = cv2.imencode(".png", pixels)
     if not ok:
         raise AutolabelError(f"{path}: PNG encoding failed")
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -12,6 +12,7 @@ from test_export_coco import ellipse, prediction, ring, sample_predictions, seg,
 
 from autolabel.errors import AutolabelError
 from autolabel.exporters import export_coco, export_masks
+from autolabel.exporters.palette import instance_colors
 from autolabel.prediction import Turn
 
 
@@ -33,7 +34,7 @@ def test_one_png_per_image_mirroring_folders_with_instance_values(tmp_path: Path
     out = tmp_path / "masks"
     stats = export_masks([write_run(tmp_path / "run", sample_predictions())], out)
     data = legend(out)
-    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png")) == [
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png") if not p.name.endswith(".color.png")) == [
         "g1/a.png", "g1/b.png", "g2/x.png", "g3/ok.png"]
     b = png(out / "g1/b.png")
     assert b.dtype == np.uint8 and b.shape == (37, 53)
@@ -137,3 +138,45 @@ def test_same_image_across_merged_run_dirs(tmp_path: Path):
     for file in ("g1/a.png", "g1/b.png", "g2/x.png"):
         assert np.array_equal(png(merged / file), png(single / file))
     assert legend(merged)["images"]["g1/a.jpg"] == legend(single)["images"]["g1/a.jpg"]
+
+
+def test_each_index_png_has_a_colour_twin_in_the_legend_palette(tmp_path: Path):
+    out = tmp_path / "masks"
+    export_masks([write_run(tmp_path / "run", sample_predictions())], out)
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.color.png")) == [
+        "g1/a.color.png", "g1/b.color.png", "g2/x.color.png", "g3/ok.color.png"]
+    data = legend(out)
+    palette = np.array(data["palette"], np.uint8)
+    assert palette.shape == (4, 3) and palette[0].tolist() == [0, 0, 0]  # g1/a.jpg has the most: 3 instances
+    assert np.array_equal(palette[1:], instance_colors(3))
+    for name in ("g1/a", "g1/b", "g2/x", "g3/ok"):
+        index = png(out / f"{name}.png")
+        color = Image.open(out / f"{name}.color.png")
+        assert color.mode == "RGB" and color.size == (index.shape[1], index.shape[0])
+        rgb = np.array(color)
+        assert np.array_equal(rgb, palette[index])  # each value in its palette colour, background black
+    b = png(out / "g1/b.png")
+    assert (b == 1).any() and (b == 2).any()
+    rgb = np.array(Image.open(out / "g1/b.color.png"))
+    assert rgb[b == 1].tolist()[0] != rgb[b == 2].tolist()[0] != [0, 0, 0]
+
+
+def test_colour_twin_of_a_16_bit_png(tmp_path: Path):
+    h, w = 20, 15
+    segments = []
+    for k in range(300):
+        m = np.zeros((h, w), bool)
+        m.flat[k] = True
+        segments.append(seg(m, 0, "cat", 0.5))
+    out = tmp_path / "masks"
+    export_masks([write_run(tmp_path / "run", [prediction("g", [("img.jpg", w, h)], [Turn("q", segments=segments)])])],
+                 out)
+    rgb = np.array(Image.open(out / "img.color.png"))
+    assert np.array_equal(rgb.reshape(-1, 3), instance_colors(300))
+    assert len({tuple(c) for c in instance_colors(300)}) == 300  # every instance a colour of its own
+
+
+def test_a_colour_twin_that_would_overwrite_another_images_png_is_refused(tmp_path: Path):
+    pred = prediction("g", [("a.jpg", 4, 4), ("a.color.jpg", 4, 4)], [Turn("q")])
+    with pytest.raises(AutolabelError, match="colour PNG"):
+        export_masks([write_run(tmp_path / "run", [pred])], tmp_path / "masks")
