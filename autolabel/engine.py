@@ -26,7 +26,7 @@ import numpy as np
 from autolabel import __version__
 from autolabel.backends.base import Backend, BackendOptions, Request
 from autolabel.config import RunConfig
-from autolabel.errors import AutolabelError, InputError
+from autolabel.errors import AutolabelError, GroupInputError, InputError
 from autolabel.groups import BadGroup, ImageGroup
 from autolabel.images import decode_image
 from autolabel.labeler import AUTO_BATCH_CPU, Labeler, OomEvent
@@ -78,8 +78,9 @@ class Progress:
 class Decoded:
     group: ImageGroup | BadGroup
     images: list[np.ndarray] | None
-    error: InputError | None
+    error: GroupInputError | None  # every image of the group that would not decode
     seconds: float
+    notes: list[str] = field(default_factory=list)  # e.g. which page of a multi-page TIFF was used
 
 
 def shard_of(group_id: str, n: int) -> int:
@@ -118,22 +119,26 @@ def todo_groups(groups: Iterator[ImageGroup | BadGroup], labeler: Labeler, done:
 
 
 def decode_group(group: ImageGroup | BadGroup, max_pixels: int) -> Decoded:
+    """Decode every image of the group, going on past a bad one so that all of them are named;
+    a BadGroup's remaining images are decoded only for that."""
     t0 = time.perf_counter()
-    if isinstance(group, BadGroup):
-        return Decoded(group, None, None, 0.0)
-    try:
-        images = [decode_image(im.path, im.file, max_pixels=max_pixels) for im in group.images]
-    except InputError as e:
-        return Decoded(group, None, e, time.perf_counter() - t0)
-    return Decoded(group, images, None, time.perf_counter() - t0)
+    images, errors, notes = [], [], []
+    for im in group.images:
+        try:
+            images.append(decode_image(im.path, im.file, max_pixels=max_pixels, notes=notes))
+        except InputError as e:
+            errors.append(e)
+    error = GroupInputError(errors) if errors else None
+    ok = not errors and not isinstance(group, BadGroup)
+    return Decoded(group, images if ok else None, error, time.perf_counter() - t0, notes)
 
 
 def failure_lines(labeler: Labeler, decoded: Decoded) -> list[Prediction]:
-    """Error lines for a group that could not be listed or decoded."""
+    """Error lines for a group that could not be listed or decoded, naming every bad file."""
     group = decoded.group
     if isinstance(group, BadGroup):
-        return labeler.group_failure(group, "source", group.file, group.reason)
-    return labeler.group_failure(group, "decode", decoded.error.file, decoded.error.reason)
+        return labeler.group_failure(group, "source", group.error(decoded.error.errors if decoded.error else []))
+    return labeler.group_failure(group, "decode", decoded.error)
 
 
 class Engine:

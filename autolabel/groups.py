@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from autolabel.errors import GroupInputError, InputError
+
 
 @dataclass(frozen=True)
 class VisualPrompt:
@@ -78,9 +80,22 @@ class ImageGroup:
 class BadGroup:
     """A group the source could not build (a refused path, a manifest line that does not parse).
 
-    The engine records it as an error line; nothing is dropped silently.
+    The engine records it as an error line; nothing is dropped silently. When images were
+    refused or missing, `files` names each with its reason (`file` is then the manifest line, or the
+    first of them) and `images` holds the others, which the engine decodes only to name their
+    problems too, so one error record lists every bad file of the group.
     """
 
     id: str
     file: str
     reason: str
+    files: tuple[tuple[str, str], ...] = ()  # (image, reason) for each refused or missing image
+    images: tuple[ImageRef, ...] = ()  # the group's other images, still to be checked
+
+    def error(self, decode_errors: list[InputError] = ()) -> InputError:
+        """The error record's content: every bad image (the source's, then `decode_errors`), or
+        the reason the group could not be built at all."""
+        found = [InputError(f, r) for f, r in self.files] + list(decode_errors)
+        if not found:
+            return InputError(self.file, self.reason)
+        return GroupInputError(found, where=None if self.file == found[0].file else self.file)

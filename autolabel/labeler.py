@@ -20,7 +20,7 @@ import numpy as np
 from autolabel.backends import available_backends, backend_class
 from autolabel.backends.base import Answer, Backend, BackendOptions, Request
 from autolabel.config import RunConfig
-from autolabel.errors import AutolabelError
+from autolabel.errors import AutolabelError, InputError
 from autolabel.groups import BadGroup, ImageGroup
 from autolabel.prediction import ImageInfo, Prediction, Segment, Turn, prediction_key
 from autolabel.templates import Template, load_template, render
@@ -229,20 +229,24 @@ class Labeler:
                           variables=dict(request.group.variables), category=request.prompt.category)
 
     def failure(self, group: ImageGroup | BadGroup, key: str, stage: str, message: str, *,
-                template: Template | None = None, file: str | None = None, prompt=None, images=None) -> Prediction:
+                template: Template | None = None, file: str | None = None, files: list[dict] | None = None,
+                prompt=None, images=None) -> Prediction:
         name = prompt.name if prompt else template.name if template else key.split("|")[1]
         thash = prompt.hash if prompt else template.content_hash if template else ""
         infos = [] if isinstance(group, BadGroup) else _image_infos(group, images)
         turns = [Turn(question=t.text) for t in prompt.turns] if prompt else []
         return Prediction(key=key, group_id=group.id, images=infos, template=name, template_hash=thash,
                           model=self.model_id, backend=self.config.backend, turns=turns, status="error",
-                          error={"stage": stage, "message": message, "file": file},
+                          error={"stage": stage, "message": message, "file": file, "files": files or []},
                           category=prompt.category if prompt else template.category if template else "")
 
-    def group_failure(self, group: ImageGroup | BadGroup, stage: str, file: str, reason: str) -> list[Prediction]:
-        """One error line per template for a group that could not be read at all."""
-        return [self.failure(group, prediction_key(group.id, t.name, self.model_id), stage, f"{file}: {reason}",
-                             template=t, file=file)
+    def group_failure(self, group: ImageGroup | BadGroup, stage: str, file: str | InputError,
+                      reason: str = "") -> list[Prediction]:
+        """One error line per template for a group that could not be read at all. `file` may be the
+        InputError itself (a GroupInputError names every bad file of the group)."""
+        error = file if isinstance(file, InputError) else InputError(file, reason)
+        return [self.failure(group, prediction_key(group.id, t.name, self.model_id), stage, error.message,
+                             template=t, file=error.file, files=error.files)
                 for t in self.templates]
 
 

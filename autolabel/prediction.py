@@ -82,7 +82,7 @@ class Prediction:
     backend: str
     turns: list[Turn] = field(default_factory=list)
     status: Status = "ok"
-    error: dict | None = None  # {"stage": ..., "message": ..., "file": ...}
+    error: dict | None = None  # {"stage", "message", "file" (the first bad one), "files": [{"file", "reason"}]}
     timings: dict[str, float] = field(default_factory=dict)
     variables: dict[str, str] = field(default_factory=dict)
     category: str = ""  # the template's reasoning category (functional, spatial, ...)

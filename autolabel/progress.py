@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from rich.console import Console
@@ -9,6 +10,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress as _RichProgre
     TimeRemainingColumn
 
 from autolabel.engine import Progress, RunSummary
+
+_SEVERAL_FILES = re.compile(r"^(.*?\b\d+ unusable files): (.*)$")  # as errors.describe_files writes them
 
 
 class RichProgress(Progress):
@@ -65,7 +68,10 @@ def print_summary(console: Console, summary: RunSummary, out: Path, max_listed: 
     if summary.failed:
         console.print(f"[red]{len(summary.failed)} failed:[/]")
         for key, reason in summary.failed[:max_listed]:
-            console.print(f"  {key}: {reason}", highlight=False, markup=False)
+            several = _SEVERAL_FILES.match(reason)  # a group with several bad files: one line each
+            console.print(f"  {key}: {several.group(1) + ':' if several else reason}", highlight=False, markup=False)
+            for part in several.group(2).split("; ") if several else ():
+                console.print(f"      {part}", highlight=False, markup=False)
         if len(summary.failed) > max_listed:
             console.print(f"  ... and {len(summary.failed) - max_listed} more (status \"error\" in predictions*.jsonl)")
 

@@ -26,8 +26,9 @@ import numpy as np
 
 from autolabel.backends.base import Backend, BackendOptions
 from autolabel.config import RunConfig
-from autolabel.engine import Engine, Progress, RunSummary, decode_group, planned_groups, todo_groups
-from autolabel.errors import AutolabelError
+from autolabel.engine import Engine, Progress, RunSummary, decode_group, failure_lines, planned_groups, \
+    todo_groups
+from autolabel.errors import AutolabelError, GroupInputError, InputError
 from autolabel.groups import BadGroup, ImageGroup
 from autolabel.labeler import AUTO_BATCH_START, Labeler, OomEvent
 from autolabel.sources import Source
@@ -81,8 +82,8 @@ class RayEngine(Engine):
         with todo_path.open("w", encoding="utf-8") as f:
             for group in todo_groups(planned_groups(self.config, source), self.labeler, done, summary, self.progress):
                 summary.groups += 1
-                if isinstance(group, BadGroup):
-                    lines = self.labeler.group_failure(group, "source", group.file, group.reason)
+                if isinstance(group, BadGroup):  # its other images are decoded here only to name their problems
+                    lines = failure_lines(self.labeler, decode_group(group, self.config.max_pixels))
                     writer.write(lines)
                     self.progress.advance(1, 0, summary.count(lines))
                     continue
@@ -158,7 +159,7 @@ def _decode_row(row: dict[str, Any], max_pixels: int) -> dict[str, Any]:
     """A Ray Data task: the todo line -> its group's decoded images (or the decode error)."""
     todo = json.loads(row["text"])
     decoded = decode_group(ImageGroup.from_json(todo["group"]), max_pixels)
-    error = {"file": decoded.error.file, "reason": decoded.error.reason} if decoded.error else None
+    error = {"files": decoded.error.files} if decoded.error else None
     return {"todo": row["text"], "images": decoded.images or [], "error": json.dumps(error),
             "decode_s": decoded.seconds}
 
@@ -184,7 +185,8 @@ class LabelWorker:
             todo, error = json.loads(todo), json.loads(error)
             group = ImageGroup.from_json(todo["group"])
             if error:
-                lines += self.labeler.group_failure(group, "decode", error["file"], error["reason"])
+                lines += self.labeler.group_failure(
+                    group, "decode", GroupInputError([InputError(f["file"], f["reason"]) for f in error["files"]]))
                 continue
             images_read += len(group.images)
             group_requests, failures = self.labeler.requests(group, list(images), skip=todo["skip"],

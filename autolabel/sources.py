@@ -14,19 +14,21 @@ Kinds, chosen from the input:
 
 Manifest and COCO paths are relative to the file's folder, which is the root. Every path must
 stay inside the root (after symlinks) unless `allow_outside_root`. A group that cannot be built
-is yielded as a BadGroup so the engine records it; unused files are listed in `stats.skipped`.
+is yielded as a BadGroup so the engine records it (naming every refused or missing image, not just
+the first); unused files are listed in `stats.skipped`.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from autolabel.errors import AutolabelError, InputError
+from autolabel.errors import AutolabelError, InputError, describe_files
 from autolabel.groups import BadGroup, ImageGroup, ImageRef, VisualPrompt
 from autolabel.images import is_image_file
 
@@ -118,19 +120,29 @@ class _PathResolver:
 def _group(resolver: _PathResolver, group_id: str, files: list[str], *, variables: dict | None = None,
            prompts: dict[int, VisualPrompt] | None = None, coco_ids: list[int | None] | None = None,
            where: str | None = None) -> ImageGroup | BadGroup:
-    """Resolve every file of a group; the first refused or missing file makes it a BadGroup."""
-    refs = []
+    """Resolve every file of a group; refused or missing files make it a BadGroup naming all of them."""
+    refs, bad = [], []
     for i, given in enumerate(files):
         try:
             path, rel = resolver.resolve(given)
         except InputError as e:
-            return BadGroup(group_id, where or e.file, e.reason)
+            bad.append((e.file, e.reason))
+            continue
         if not path.exists():
-            return BadGroup(group_id, where or given, f"image file not found: {given}")
+            bad.append((given, _missing(resolver.root, given)))
+            continue
         refs.append(ImageRef(rel, path, (prompts or {}).get(i), (coco_ids or [None] * len(files))[i]))
+    if bad:
+        reason = bad[0][1] if len(bad) == 1 else describe_files([{"file": f, "reason": r} for f, r in bad])
+        return BadGroup(group_id, where or bad[0][0], reason, files=tuple(bad), images=tuple(refs))
     if not refs:
         return BadGroup(group_id, where or group_id, "a group with no images")
     return ImageGroup(group_id, resolver.root, tuple(refs), {str(k): str(v) for k, v in (variables or {}).items()})
+
+
+def _missing(root: Path, given: str) -> str:
+    link = Path(given) if Path(given).is_absolute() else root / given
+    return f"broken symlink (to {os.readlink(link)})" if link.is_symlink() else "image file not found"
 
 
 # -- folders -----------------------------------------------------------------------------------

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
-from conftest import make_groups
+from conftest import make_groups, write_image
 from doubles import BoxBackend, OutOfMemoryBackend
+from PIL import Image
+from rich.console import Console
 
 from autolabel.config import RunConfig
-from autolabel.engine import Engine, shard_of
+from autolabel.engine import Engine, RunSummary, shard_of
+from autolabel.progress import print_summary
+from autolabel.ray_engine import LabelWorker, RayEngine, _decode_row
+from autolabel.sources import open_source
 from autolabel.errors import AutolabelError
 from autolabel.store import PredictionWriter, read_predictions, scan_status
 
@@ -91,6 +98,96 @@ def test_bad_images_become_error_records_and_the_run_goes_on(tmp_path, template)
     bad = next(p for p in read_predictions([out]) if p.status == "error")
     assert bad.error["stage"] == "decode" and bad.error["file"] == "g001/img2.png"
     assert any("notes.txt" in f for f, _ in summary.skipped_files)
+
+
+
+def bad_files(folder: Path) -> list[str]:
+    """Every kind of bad file in one group folder, next to a good image; returns their names."""
+    (folder / "a-link.jpg").symlink_to(folder / "deleted.jpg")  # a broken symlink
+    (folder / "b-empty.jpg").write_bytes(b"")
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buf, "JPEG")
+    (folder / "c-truncated.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    (folder / "d-text.jpg").write_text("just some text, named like a picture")
+    Image.new("1", (15000, 15000)).save(folder / "e-bomb.png")  # 225 Mpx over the default limit, 27 KB
+    return [f"{folder.name}/{n}" for n in ("a-link.jpg", "b-empty.jpg", "c-truncated.jpg", "d-text.jpg", "e-bomb.png")]
+
+
+def test_every_bad_file_of_a_group_is_named_in_one_error_record(tmp_path, template):
+    data = make_groups(tmp_path / "data", 3)
+    names = bad_files(data / "g001")
+    for n in names[1:]:  # the same files in a group without the broken symlink: they fail decoding
+        (data / "g002" / Path(n).name).write_bytes((data / n).read_bytes())
+    out = tmp_path / "run"
+    _, summary = run(data, out, template)
+    assert summary.exit_code == 1 and summary.done == 1
+    errors = {p.group_id: p.error for p in read_predictions([out]) if p.status == "error"}
+    g1 = errors["g001"]
+    assert g1["stage"] == "source" and g1["file"] == "g001/a-link.jpg"  # the first bad file, as before
+    assert [f["file"] for f in g1["files"]] == names
+    reasons = [f["reason"] for f in g1["files"]]
+    assert reasons[0].startswith("broken symlink") and reasons[1] == "empty file (0 bytes)"
+    assert reasons[2].startswith("corrupt or truncated") and reasons[3].startswith("not an image")
+    assert "over the pixel limit" in reasons[4] and "bomb" in reasons[4]
+    assert g1["message"].startswith("5 unusable files: g001/a-link.jpg: broken symlink")
+    assert "\n" not in g1["message"] and all(n in g1["message"] for n in names)
+    g2 = errors["g002"]
+    g2_names = [n.replace("g001", "g002") for n in names[1:]]
+    assert g2["stage"] == "decode" and g2["file"] == "g002/b-empty.jpg"
+    assert [f["file"] for f in g2["files"]] == g2_names
+    # the end-of-run summary names them all too
+    console = Console(file=io.StringIO(), width=100)
+    print_summary(console, summary, out)
+    shown = [line.strip() for line in console.file.getvalue().splitlines()]
+    assert "g001|pets|test/box-v1: 5 unusable files:" in shown
+    assert all(any(line.startswith(f"{n}: ") for line in shown) for n in names + g2_names)  # one line each
+
+
+def test_a_manifest_line_with_missing_outside_and_corrupt_images_names_them_all(tmp_path, template):
+    root = tmp_path / "root"
+    write_image(tmp_path / "outside.png")
+    write_image(root / "ok.png")
+    (root / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
+    m = root / "m.jsonl"
+    m.write_text(json.dumps({"id": "g", "images": ["ok.png", "gone.png", "../outside.png", "corrupt.png"]}) + "\n"
+                 + json.dumps({"id": "fine", "images": ["ok.png"]}) + "\n")
+    out = tmp_path / "run"
+    _, summary = run(m, out, template)
+    assert summary.done == 1 and [k for k, _ in summary.failed] == ["g|pets|test/box-v1"]
+    (bad,) = [p for p in read_predictions([out]) if p.status == "error"]
+    assert bad.error["file"] == "gone.png"
+    assert [f["file"] for f in bad.error["files"]] == ["gone.png", "../outside.png", "corrupt.png"]
+    assert "not found" in summary.failed[0][1] and "--allow-outside-root" in summary.failed[0][1]
+    assert "corrupt.png" in summary.failed[0][1]
+
+
+
+def test_ray_workers_name_every_bad_file_too(tmp_path, template):
+    """The Ray engine's decode task and worker, called in-process: the list survives its JSON rows,
+    and the driver names every bad file of a group the source refused."""
+    data = make_groups(tmp_path / "data", 2)
+    names = bad_files(data / "g001")
+    (data / "g001" / "a-link.jpg").unlink()  # only decode failures left in g001
+    cfg = RunConfig(input=data, out=tmp_path / "run", prompt=[template], backend="doubles:BoxBackend", quiet=True)
+    (g0, g1) = list(open_source(data))
+    rows = [_decode_row({"text": json.dumps({"group": g.to_json(), "skip": []})}, cfg.max_pixels) for g in (g0, g1)]
+    worker = LabelWorker(cfg.model_dump(mode="json"))
+    try:
+        (report,) = worker({k: [r[k] for r in rows] for k in rows[0]})["report"]
+    finally:
+        worker.writer.close()
+    assert json.loads(report)["done"] == 1
+    (bad,) = [p for p in read_predictions([cfg.out]) if p.status == "error"]
+    assert bad.error["stage"] == "decode" and [f["file"] for f in bad.error["files"]] == names[1:]
+    (data / "g001" / "a-link.jpg").symlink_to(data / "g001" / "deleted.jpg")
+    engine = RayEngine(cfg.model_copy(update={"out": tmp_path / "driver"}))
+    writer = PredictionWriter(tmp_path / "driver")
+    try:
+        assert engine._plan(open_source(data), writer, set(), RunSummary(), tmp_path / "todo.jsonl") == 1
+    finally:
+        writer.close()
+    (bad,) = [p for p in read_predictions([tmp_path / "driver"]) if p.status == "error"]
+    assert bad.error["stage"] == "source" and [f["file"] for f in bad.error["files"]] == names
 
 
 def test_shards_partition_the_groups_and_merge(tmp_path, template):

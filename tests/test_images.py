@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tifffile
 from PIL import Image
 
 from autolabel.errors import InputError
@@ -88,3 +89,97 @@ def test_16_bit_is_scaled_by_its_range_not_clipped(tmp_path):
     p = save(Image.fromarray(values), tmp_path / "d.png")
     out = decode_image(p, "d.png")
     assert out[..., 0].tolist() == [[0, 64], [128, 255]]
+
+
+# -- TIFFs PIL cannot read (or reads wrongly), as tifffile writes them -------------------------
+def planar_rgb(h: int = 20, w: int = 30) -> np.ndarray:
+    """(3, H, W): red rises left to right, green top to bottom, blue is constant."""
+    out = np.zeros((3, h, w), dtype=np.float64)
+    out[0] = np.linspace(0, 1, w)[None, :]
+    out[1] = np.linspace(0, 1, h)[:, None]
+    out[2] = 0.5
+    return out
+
+
+def test_planar_float_rgb_tiff_becomes_hwc(tmp_path):
+    values = planar_rgb().astype(np.float32)
+    p = tmp_path / "planar.tif"
+    tifffile.imwrite(p, values, photometric="rgb", planarconfig="separate")
+    with pytest.raises(Exception):  # PIL itself refuses this file
+        Image.open(p).load()
+    out = decode_image(p, "planar.tif")
+    assert out.shape == (20, 30, 3) and out.dtype == np.uint8 and out.flags.writeable
+    assert out[0, 0].tolist() == [0, 0, 128] and out[-1, -1].tolist() == [255, 255, 128]
+    assert out[0, -1].tolist() == [255, 0, 128]  # red along x: the channel axis moved last, not mixed up
+
+
+def test_planar_16_bit_rgb_tiff_is_scaled_by_its_range(tmp_path):
+    """12-bit data in a 16-bit planar RGB TIFF: PIL opens it as 8-bit RGB of the low bytes."""
+    values = (planar_rgb() * 4095).round().astype(np.uint16)
+    p = tmp_path / "rgb12.tif"
+    tifffile.imwrite(p, values, photometric="rgb", planarconfig="separate")
+    out = decode_image(p, "rgb12.tif")
+    assert out.shape == (20, 30, 3)
+    expected = np.moveaxis(values, 0, -1).astype(np.float64) / 4095 * 255
+    assert np.abs(out - expected).max() <= 1
+
+
+def test_16_bit_grayscale_tiff_is_scaled_by_its_range(tmp_path):
+    values = np.array([[1000, 2000], [3000, 5000]], dtype=np.uint16)
+    p = tmp_path / "g16.tif"
+    tifffile.imwrite(p, values)
+    assert decode_image(p, "g16.tif")[..., 1].tolist() == [[0, 64], [128, 255]]
+
+
+def test_multi_page_tiff_uses_the_first_page_and_says_so(tmp_path):
+    first, second = planar_rgb().astype(np.float32), np.zeros((3, 20, 30), np.float32)
+    p = tmp_path / "stack.tif"
+    tifffile.imwrite(p, np.stack([first, second]), photometric="rgb", planarconfig="separate")
+    with tifffile.TiffFile(p) as tif:
+        assert len(tif.pages) == 2
+    notes: list[str] = []
+    out = decode_image(p, "g/stack.tif", notes=notes)
+    assert out[0, -1].tolist() == [255, 0, 128]  # the first page, not the black second one
+    assert notes == ["g/stack.tif: page 1 of 2 used"]
+    # a multi-page TIFF PIL reads itself gets the same note
+    tifffile.imwrite(tmp_path / "gray.tif", np.arange(3 * 8 * 6, dtype=np.uint8).reshape(3, 8, 6),
+                     photometric="minisblack")
+    notes = []
+    assert decode_image(tmp_path / "gray.tif", "gray.tif", notes=notes).shape == (8, 6, 3)
+    assert notes == ["gray.tif: page 1 of 3 used"]
+
+
+def test_many_channel_microscopy_tiff_uses_its_first_channel(tmp_path):
+    values = np.zeros((5, 8, 6), dtype=np.uint16)
+    values[0] = np.arange(6) * 100  # channel 1: a ramp along x; the others are noise
+    values[1:] = np.random.default_rng(0).integers(0, 65535, (4, 8, 6))
+    p = tmp_path / "channels.tif"
+    tifffile.imwrite(p, values, photometric="minisblack", planarconfig="separate")
+    notes: list[str] = []
+    out = decode_image(p, "channels.tif", notes=notes)
+    assert out[0, :, 0].tolist() == [0, 51, 102, 153, 204, 255] and (out[..., 0] == out[..., 2]).all()
+    assert notes == ["channels.tif: channel 1 of 5 used"]
+
+
+def test_pixel_limit_holds_for_tiffs_read_with_tifffile(tmp_path):
+    p = tmp_path / "big.tif"
+    tifffile.imwrite(p, np.zeros((3, 100, 100), np.float32), photometric="rgb", planarconfig="separate")
+    with pytest.raises(InputError, match="over the limit"):
+        decode_image(p, "big.tif", max_pixels=5000)
+    assert decode_image(p, "big.tif", max_pixels=10_000).shape == (100, 100, 3)
+
+
+def test_a_tiff_neither_reader_can_read_is_one_input_error(tmp_path):
+    p = tmp_path / "broken.tif"
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, planar_rgb().astype(np.float32), photometric="rgb", planarconfig="separate")
+    p.write_bytes(buf.getvalue()[:12])  # the header, nothing it points to
+    with pytest.raises(InputError) as e:
+        decode_image(p, "broken.tif")
+    assert e.value.file == "broken.tif"
+
+
+def test_broken_symlink_is_named_as_one(tmp_path):
+    (tmp_path / "link.jpg").symlink_to(tmp_path / "gone.jpg")
+    with pytest.raises(InputError, match="broken symlink"):
+        decode_image(tmp_path / "link.jpg", "link.jpg")

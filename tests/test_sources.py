@@ -136,3 +136,29 @@ def test_single_image_and_missing_input(tmp_path):
 
 def test_natural_key():
     assert sorted(["img10", "Img2", "img1"], key=natural_key) == ["img1", "Img2", "img10"]
+
+
+def test_a_manifest_line_names_every_refused_or_missing_image(tmp_path):
+    root = tmp_path / "root"
+    write_image(tmp_path / "outside.jpg")
+    write_image(root / "ok.jpg")
+    (root / "dangling.jpg").symlink_to(root / "deleted.jpg")
+    m = root / "m.jsonl"
+    m.write_text(json.dumps({"id": "g", "images": ["gone.jpg", "ok.jpg", "../outside.jpg", "dangling.jpg"]}) + "\n")
+    (bad,) = list(open_source(m))
+    assert isinstance(bad, BadGroup) and bad.file == "gone.jpg"
+    assert [f for f, _ in bad.files] == ["gone.jpg", "../outside.jpg", "dangling.jpg"]
+    reasons = dict(bad.files)
+    assert reasons["gone.jpg"] == "image file not found"
+    assert "--allow-outside-root" in reasons["../outside.jpg"]
+    assert reasons["dangling.jpg"].startswith("broken symlink")
+    assert [im.file for im in bad.images] == ["ok.jpg"]  # kept, so decoding can name its problems too
+    error = bad.error()
+    assert error.file == "gone.jpg" and error.files == [{"file": f, "reason": r} for f, r in bad.files]
+    assert error.message.startswith("3 unusable files: gone.jpg: image file not found; ../outside.jpg: ")
+    assert "\n" not in error.message
+    # CSV: the same group, one row per image
+    c = root / "m.csv"
+    c.write_text("group_id,image\n" + "".join(f"g,{f}\n" for f in ("gone.jpg", "ok.jpg", "../outside.jpg")))
+    (bad,) = list(open_source(c))
+    assert isinstance(bad, BadGroup) and [f for f, _ in bad.files] == ["gone.jpg", "../outside.jpg"]
