@@ -7,6 +7,8 @@ so `--help`, `prompts`, `export` and a rerun with nothing left to do start fast.
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -25,7 +27,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-export_app = typer.Typer(help="Write predictions as COCO JSON or PNG masks.", no_args_is_help=True)
+export_app = typer.Typer(help="Write predictions as COCO JSON, PNG masks, overlay pictures or YOLO labels.",
+                         no_args_is_help=True)
 prompts_app = typer.Typer(help="List, show and render prompt templates.", no_args_is_help=True)
 app.add_typer(export_app, name="export")
 app.add_typer(prompts_app, name="prompts")
@@ -98,7 +101,16 @@ def run(
                                                                   "\\[default: 1 if the cluster has GPUs, else 0]")] = None,
     ray_address: Annotated[Optional[str], typer.Option(help="Ray: join this cluster (e.g. ray://head:10001 or auto).  "
                                                             "\\[default: start a local one]")] = None,
+    server: Annotated[Optional[str], typer.Option(help="Run the reasoning model on this OpenAI-compatible server "
+                                                       "(vLLM, SGLang), e.g. http://gpu-box:8000/v1; --model names "
+                                                       "the served model. The mask head runs here.")] = None,
+    concurrency: Annotated[Optional[int], typer.Option(help="--server: requests in flight.  \\[default: 32]")] = None,
+    api_key_env: Annotated[Optional[str], typer.Option(help="--server: environment variable holding the API key "
+                                                            "(never written anywhere).  "
+                                                            "\\[default: OPENAI_API_KEY]")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar (for CI logs).")] = False,
+    min_score: Annotated[Optional[float], typer.Option(help="Leave masks scored below this out of the "
+                                                            "prediction lines.  \\[default: 0]")] = None,
     config: Annotated[Optional[Path], typer.Option(help="YAML run file with the same options; flags win.")] = None,
 ) -> None:
     """Label every group of INPUT with each --prompt template, writing RUN_DIR/predictions.jsonl.
@@ -112,7 +124,9 @@ def run(
                  group_by=group_by, var=var, device=device, dtype=dtype, max_new_tokens=max_new_tokens,
                  trust_remote_code=trust_remote_code, backend_option=backend_option,
                  allow_outside_root=allow_outside_root, max_pixels=max_pixels, decode_workers=decode_workers,
-                 engine=engine, workers=workers, gpus_per_worker=gpus_per_worker, ray_address=ray_address, quiet=quiet)
+                 engine=engine, workers=workers, gpus_per_worker=gpus_per_worker, ray_address=ray_address, server=server,
+                 concurrency=concurrency, api_key_env=api_key_env, quiet=quiet)
+    flags["min_score"] = min_score
     cfg = load_run_config(config, flags)
     if cfg.engine == "ray":
         from autolabel.ray_engine import RayEngine as Engine
@@ -139,8 +153,11 @@ def export_coco(
 ) -> None:
     """Write COCO JSON: compressed RLE, ids from 1, area and bbox from the mask, explanations."""
     from autolabel.exporters.coco import export_coco as _export
+    from autolabel.store import check_output_file
 
-    stats = _export(list(run_dirs), output, polygons=polygons, min_score=min_score)
+    check_output_file(output, "--output")
+    with _writing(output):
+        stats = _export(list(run_dirs), output, polygons=polygons, min_score=min_score)
     _console(stderr=True).print(f"wrote {output}: {stats}")
 
 
@@ -149,11 +166,65 @@ def export_masks(
     run_dir: Annotated[list[Path], typer.Argument(help="Run directory (several merge).")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for PNGs and legend.json.")],
 ) -> None:
-    """Write one instance-indexed PNG per image plus legend.json."""
+    """Write one instance-indexed PNG per image (and a colour twin, NAME.color.png) plus legend.json."""
     from autolabel.exporters.masks import export_masks as _export
+    from autolabel.store import check_output_dir
 
-    stats = _export(list(run_dir), output)
+    check_output_dir(output, "--output")
+    with _writing(output):
+        stats = _export(list(run_dir), output)
     _console(stderr=True).print(f"wrote {output}: {stats}")
+
+
+@export_app.command("overlays")
+def export_overlays(
+    run_dirs: Annotated[list[Path], typer.Argument(help="One or more run directories (shards merge).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the PNGs and overlays.json.")],
+    image_root: Annotated[Optional[Path], typer.Option(help="Where the run's images are now, if not at the "
+                                                            "input root run.json records.")] = None,
+    min_score: Annotated[float, typer.Option(help="Do not draw masks scored below this.")] = 0.0,
+    height: Annotated[int, typer.Option(help="Common height the group's images are scaled to (pixels).")] = 480,
+    max_width: Annotated[int, typer.Option(help="Widest picture (pixels); wider rows shrink.")] = 2400,
+) -> None:
+    """Draw one PNG per group x template: masks over the images, question, explanation, rejections."""
+    from autolabel.exporters.overlays import export_overlays as _export
+    from autolabel.store import check_output_dir
+
+    check_output_dir(output, "--output")
+    with _writing(output):
+        stats = _export(list(run_dirs), output, image_root=image_root, min_score=min_score, height=height,
+                        max_width=max_width)
+    _console(stderr=True).print(f"wrote {output}: {stats}")
+
+
+@export_app.command("yolo")
+def export_yolo(
+    run_dirs: Annotated[list[Path], typer.Argument(help="One or more run directories (shards merge).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Dataset folder: data.yaml, labels/, images/.")],
+    images: Annotated[str, typer.Option(help="Put the images in OUTPUT/images as symlink, copy, or none.")]
+    = "symlink",
+    image_root: Annotated[Optional[Path], typer.Option(help="Where the run's images are now, if not at the "
+                                                            "input root run.json records.")] = None,
+    min_score: Annotated[float, typer.Option(help="Drop masks scored below this.")] = 0.0,
+) -> None:
+    """Write YOLO segmentation labels (Ultralytics): a polygon line per mask part, data.yaml with the classes."""
+    from autolabel.exporters.yolo import export_yolo as _export
+    from autolabel.store import check_output_dir
+
+    check_output_dir(output, "--output")
+    with _writing(output):
+        stats = _export(list(run_dirs), output, min_score=min_score, images=images, image_root=image_root)
+    _console(stderr=True).print(f"wrote {output}: {stats}")
+
+
+@contextmanager
+def _writing(output: Path) -> Iterator[None]:
+    """An export's file-system failure (disk full, permissions) as one line, not a traceback."""
+    try:
+        yield
+    except OSError as e:
+        where = e.filename or output
+        raise AutolabelError(f"writing {output}: {where}: {e.strerror or e}") from None
 
 
 # -- prompts --------------------------------------------------------------------------------

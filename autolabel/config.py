@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from autolabel.errors import AutolabelError
 from autolabel.yaml_io import read_yaml_mapping
@@ -43,7 +43,11 @@ class RunConfig(BaseModel):
     workers: int | None = Field(None, ge=1)
     gpus_per_worker: float | None = Field(None, ge=0)
     ray_address: str | None = None
+    server: str | None = None
+    concurrency: int = Field(32, ge=1)
+    api_key_env: str = "OPENAI_API_KEY"
     quiet: bool = False
+    min_score: float = 0.0  # masks scored below this are left out of the prediction lines
 
     @field_validator("shard", mode="before")
     @classmethod
@@ -90,6 +94,19 @@ class RunConfig(BaseModel):
     def _one_or_many(cls, v: Any) -> Any:
         return [v] if isinstance(v, str) else v
 
+    @model_validator(mode="after")
+    def _server_needs_a_served_model(self) -> RunConfig:
+        if self.server is not None:
+            if not re.match(r"^https?://", self.server):
+                raise ValueError(f"--server {self.server!r}: give the base URL, e.g. http://gpu-box:8000/v1")
+            if self.backend != "vlm-sam":
+                raise ValueError(f"--server runs the vlm-sam backend's reasoning; backend {self.backend!r} "
+                                 "runs in this process")
+            if not self.model:
+                raise ValueError("--server needs --model: the name the server serves the model under "
+                                 "(`autolabel doctor --server URL` lists them)")
+        return self
+
     @property
     def shard_name(self) -> str | None:
         return f"shard-{self.shard[0]}-of-{self.shard[1]}" if self.shard else None
@@ -127,9 +144,16 @@ def load_run_config(config_file: Path | None, flags: dict[str, Any]) -> RunConfi
     if "input" not in data:
         raise AutolabelError("missing INPUT: give a folder, manifest or COCO file (or `input:` in --config)")
     try:
-        return RunConfig.model_validate(data)
+        config = RunConfig.model_validate(data)
     except ValidationError as e:
         err = e.errors()[0]
-        field = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        message = err["msg"].removeprefix("Value error, ")
+        if not err["loc"]:  # a rule across options names its flags itself
+            raise AutolabelError(f"{where}: {message}") from None
+        field = ".".join(str(p) for p in err["loc"])
         flag = "--" + field.split(".")[0].replace("_", "-")
-        raise AutolabelError(f"{where}: {flag}: {err['msg'].removeprefix('Value error, ')}") from None
+        raise AutolabelError(f"{where}: {flag}: {message}") from None
+    from autolabel.store import check_output_dir
+
+    check_output_dir(config.out, "--out")
+    return config

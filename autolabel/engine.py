@@ -15,7 +15,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from functools import partial
 from importlib.metadata import PackageNotFoundError, version
@@ -29,7 +29,7 @@ from autolabel.config import RunConfig
 from autolabel.errors import AutolabelError, GroupInputError, InputError
 from autolabel.groups import BadGroup, ImageGroup
 from autolabel.images import decode_image
-from autolabel.labeler import AUTO_BATCH_CPU, Labeler, OomEvent
+from autolabel.labeler import AUTO_BATCH_CPU, Labeler, OomEvent, Predicted
 from autolabel.prediction import Prediction
 from autolabel.prefetch import read_ahead
 from autolabel.sources import Source, open_source
@@ -201,11 +201,34 @@ class Engine:
                 while len(pending) > 2:
                     pending.popleft().result()
 
-            def flush(requests: list[Request]) -> None:
-                predicted = self.labeler.predict(requests)
+            def written(predicted: Predicted) -> None:
                 summary.predict_s += predicted.predict_s
                 summary.oom.extend(predicted.oom)
                 write_behind_model(lambda: self.labeler.lines(predicted))
+
+            def flush(requests: list[Request]) -> None:
+                written(self.labeler.predict(requests))
+
+            # --server: each request is in flight on its own, so a slow answer holds up nobody;
+            # finished ones are written as they land, and at most `concurrency` wait at once.
+            streaming = cfg.server is not None
+            requesters = ThreadPoolExecutor(cfg.concurrency, thread_name_prefix="request") if streaming else None
+            in_flight: set[Future] = set()
+
+            def collect(limit: int) -> None:
+                nonlocal in_flight
+                finished, in_flight = wait(in_flight, timeout=0)
+                while len(in_flight) > limit:
+                    more, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
+                    finished |= more
+                for f in finished:
+                    written(f.result())
+
+            def send(requests: list[Request]) -> None:
+                self.labeler.backend  # noqa: B018 - loaded (and the server checked) here, not in a request thread
+                for request in requests:
+                    in_flight.add(requesters.submit(self.labeler.predict, [request]))
+                collect(cfg.concurrency)
 
             todo = todo_groups(planned_groups(cfg, source), self.labeler, done, summary, self.progress)
             for decoded in read_ahead(todo, partial(decode_group, max_pixels=cfg.max_pixels), decoders, window):
@@ -220,13 +243,19 @@ class Engine:
                 requests, failures = self.labeler.requests(group, decoded.images, skip=done, decode_s=decoded.seconds)
                 if failures:
                     write_behind_model(lambda failures=failures: failures)
-                batch.extend(requests)
-                if batch and len(batch) >= self.labeler.batch_size:
-                    flush(batch)
-                    batch = []
+                if streaming:
+                    send(requests)
+                else:
+                    batch.extend(requests)
+                    if batch and len(batch) >= self.labeler.batch_size:
+                        flush(batch)
+                        batch = []
                 self.progress.advance(1, len(group.images), 0)
             if batch:
                 flush(batch)
+            if requesters is not None:
+                collect(0)
+                requesters.shutdown()
             for f in pending:
                 f.result()
         summary.batch_size = self.labeler.batch_size if self.labeler.loaded else None
@@ -268,7 +297,8 @@ def run_info(config: RunConfig, labeler: Labeler, source: Source, summary: RunSu
         "counts": {"groups": summary.groups, "images": summary.images, "done": summary.done,
                    "already_done": summary.already_done, "failed": len(summary.failed),
                    "skipped_files": len(source.stats.skipped)},
-        "timings": {"wall_s": round(summary.wall_s, 3), "predict_s": round(summary.predict_s, 3)},
+        "timings": {"wall_s": round(summary.wall_s, 3), "predict_s": round(summary.predict_s, 3),
+                    **labeler.stats()},
         "oom_retries": [e.to_json() for e in summary.oom],
         "versions": _versions(),
     }

@@ -84,7 +84,8 @@ class Labeler:
         self.options = BackendOptions(model=config.model, mask_model=config.mask_model,
                                       device=config.device, dtype=config.dtype,
                                       max_new_tokens=config.max_new_tokens,
-                                      trust_remote_code=config.trust_remote_code,
+                                      trust_remote_code=config.trust_remote_code, server=config.server,
+                                      concurrency=config.concurrency, api_key_env=config.api_key_env,
                                       extra=dict(config.backend_option))
         self._backend_factory = backend_factory
         self._backend: Backend | None = None
@@ -124,6 +125,10 @@ class Labeler:
 
     def model_info(self) -> dict:
         return self._backend.model_info() if self._backend is not None else {"model": self.model_id}
+
+    def stats(self) -> dict:
+        """The backend's own counters for run.json (e.g. mask-head busy time, server retries)."""
+        return self._backend.stats() if self._backend is not None else {}
 
     def close(self) -> None:
         if self._backend is not None:
@@ -216,10 +221,12 @@ class Labeler:
         return out
 
     def _success(self, request: Request, answer: Answer) -> Prediction:
+        min_score = self.config.min_score  # `--min-score`: masks below it are not written at all
         turns = [
             Turn(question=t.question, answer=t.answer, rejected=list(t.rejected),
                  segments=[Segment.from_mask(m.mask, image=m.image, label=m.label, category=m.category,
-                                             phrase=m.phrase, score=m.score, round=m.round) for m in t.masks])
+                                             phrase=m.phrase, score=m.score, round=m.round)
+                           for m in t.masks if m.score >= min_score])
             for t in answer.turns
         ]
         return Prediction(key=request.key, group_id=request.group.id,

@@ -16,7 +16,7 @@ from tiny_vlm import tiny_vlm
 
 from autolabel.backends.answer_schema import ParsedAnswer, ParsedTarget
 from autolabel.backends.base import BackendOptions
-from autolabel.backends.vlm_sam import VlmSamBackend
+from autolabel.backends.vlm_sam import VlmSamBackend, _Reasoned
 from autolabel.config import RunConfig
 from autolabel.engine import Engine
 from autolabel.store import read_predictions
@@ -61,10 +61,11 @@ def fixed_answers(backend: VlmSamBackend) -> None:
 
     def one_box_per_image(states, t):
         out = []
-        for state, (_, raw, _) in zip(states, reason(states, t)):
+        for state, reasoned in zip(states, reason(states, t)):
             label = next(iter(state.request.prompt.ontology))
             targets = tuple(ParsedTarget(i + 1, label, label, (1, 1, 12, 12)) for i in range(len(state.frames)))
-            out.append((ParsedAnswer("fixed", targets, ()), raw, [1.0] * len(targets)))
+            raw = getattr(reasoned, "raw", "{}")
+            out.append(_Reasoned(ParsedAnswer("fixed", targets, ()), raw, [1.0] * len(targets)))
         return out
 
     backend._reason = one_box_per_image

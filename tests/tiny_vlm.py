@@ -56,7 +56,8 @@ def build_tiny_vlm(family: str, directory: Path, seed: int = 0, scale: str = "ti
 
     `scale="base"` (qwen2_5_vl only) gives the layer sizes of Qwen2.5-VL-3B's vision tower and a
     0.5B-class language model, still random, saved in bf16: for GPU benchmarks, where compute and
-    memory should look like a real checkpoint's."""
+    memory should look like a real checkpoint's. `scale="served"` (qwen2_5_vl only) is the tiny model
+    with head_dim 32, the smallest vLLM's CPU attention accepts, for the serving-engine tests."""
     import torch
     from transformers import (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor,
                               Qwen2VLImageProcessor, Qwen2VLVideoProcessor, Qwen3VLConfig,
@@ -77,9 +78,13 @@ def build_tiny_vlm(family: str, directory: Path, seed: int = 0, scale: str = "ti
                     num_key_value_heads=2)
         size = {"shortest_edge": 56 * 56, "longest_edge": 448 * 448}  # up to 256 visual tokens per image
         vision = dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=896)
+    sections = [2, 3, 3]  # mrope sections sum to head_dim / 2
+    if scale == "served":
+        text.update(num_attention_heads=2, num_key_value_heads=1)
+        sections = [4, 6, 6]
     if family == "qwen2_5_vl":
-        text["rope_parameters"] = {"rope_type": "default", "rope_theta": 1e6,  # sections sum to head_dim / 2
-                                   "mrope_section": [8, 12, 12] if scale == "base" else [2, 3, 3]}
+        text["rope_parameters"] = {"rope_type": "default", "rope_theta": 1e6,
+                                   "mrope_section": [8, 12, 12] if scale == "base" else sections}
         config = Qwen2_5_VLConfig(text_config=text, vision_config=dict(
             vision, fullatt_block_indexes=[7, 15, 23, 31] if scale == "base" else [1], window_size=112 if scale == "base"
             else 56, patch_size=14), **ids)

@@ -8,13 +8,20 @@ allowed) and bounds every string so that even a random model reaches the closing
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 
 from autolabel.templates import RenderedPrompt
 
 
 class InvalidAnswer(RuntimeError):
-    """An answer that does not parse (its JSON was cut off at max_new_tokens) or breaks the rules."""
+    """An answer that does not parse (its JSON was cut off at max_new_tokens) or breaks the rules.
+
+    `raw` is the model's whole answer, kept in the error line so a user sees what it wrote."""
+
+    def __init__(self, message: str, raw: str = ""):
+        super().__init__(message)
+        self.raw = raw
 
 
 @dataclass(frozen=True)
@@ -105,11 +112,11 @@ def parse_answer(text: str, prompt: RenderedPrompt, *, max_new_tokens: int | Non
     except (ValueError, KeyError, TypeError) as e:
         budget = f" within max_new_tokens={max_new_tokens}" if max_new_tokens else ""
         raise InvalidAnswer(f"the model's JSON answer did not complete{budget} ({e}); "
-                               f"raise --max-new-tokens. Answer so far: {text[:200]!r}") from None
+                            f"raise --max-new-tokens. Answer so far: {text[:200]!r}", text) from None
     bad = [t for t in targets if t.image not in allowed or len(t.box) != 4
            or (prompt.ontology and t.label not in prompt.ontology)]
     if bad:
-        raise InvalidAnswer(f"answer names targets outside the template's rules: {bad[0]}")
+        raise InvalidAnswer(f"answer names targets outside the template's rules: {bad[0]}", text)
     return ParsedAnswer(explanation, targets, absent)
 
 
@@ -125,3 +132,18 @@ def target_spans(text: str) -> list[tuple[int, int]]:
         spans.append((pos, end))
         pos = end + 2 if text.startswith(", ", end) else end
     return spans
+
+
+def span_confidences(text: str, token_ends: list[int], logprobs: list[float]) -> list[float]:
+    """Mean token probability over each target's JSON object in `text`.
+
+    `token_ends[k]` is the character offset where token k ends; a token counts for a target when
+    it overlaps the target's span. In-process generation and a server's `logprobs` both end here.
+    """
+    starts = [0, *token_ends[:-1]]
+    probs = [math.exp(lp) for lp in logprobs]
+    out = []
+    for a, b in target_spans(text):
+        inside = [p for s, e, p in zip(starts, token_ends, probs) if s < b and e > a]
+        out.append(sum(inside) / len(inside) if inside else 1.0)
+    return out

@@ -60,6 +60,9 @@ class BackendOptions:
     dtype: str | None = None
     max_new_tokens: int = 512
     trust_remote_code: bool = False
+    server: str | None = None        # an OpenAI-compatible endpoint that runs the reasoning model
+    concurrency: int = 32            # requests in flight to the server
+    api_key_env: str = "OPENAI_API_KEY"  # the variable holding the server's API key (never stored)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -81,9 +84,13 @@ class Backend(ABC):
         return {"model": self.model_id}
 
     @abstractmethod
-    def predict(self, requests: list[Request]) -> list[Answer]:
-        """One answer per request, in order. Raise to fail the batch; the engine then retries
-        each request alone so a bad group fails by itself."""
+    def predict(self, requests: list[Request]) -> list[Answer | Exception]:
+        """One answer per request, in order; an Exception in a request's place fails that request
+        alone. Raise to fail the batch; the engine then retries each request alone."""
+
+    def stats(self) -> dict[str, Any]:
+        """Counters of the work done so far, written to run.json's timings."""
+        return {}
 
     def close(self) -> None:
         """Free model memory; called once at the end of a run."""

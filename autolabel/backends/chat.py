@@ -1,6 +1,9 @@
 """The multi-image chat a VLM reads: labelled images, answer instructions, mask memory, overlays.
 
-All images of a group go into one user message, each after a text item "Image N". Later turns
+All images of a group come first, in one user message, each after a text item "Image N"; the
+template's instructions and question follow them. Everything a group's templates share (its
+images) is thus a common prefix, which a serving engine's prefix cache reuses across templates,
+and the same chat serves in-process generation and the server. Later turns
 replay the earlier questions and JSON answers and add SegLLM-style mask memory: the previous
 round's segments as labelled boxes in text and, when the turn asks for it, their outlines drawn
 on the images. Drawn images replace the originals for that step (image tokens do not grow with
@@ -43,7 +46,7 @@ def coordinate_instructions(frame: CoordinateFrame) -> str:
 
 
 def system_text(prompt: RenderedPrompt, frame: CoordinateFrame) -> str:
-    """The template's system prompt followed by how to answer."""
+    """The template's system prompt followed by how to answer (placed after the images)."""
     rules = prompt.rules
     images = ", ".join(f"Image {i}" for i in prompt.allowed_images)
     lines = [
@@ -108,14 +111,13 @@ def memory_text(round_index: int, past: PastTurn, frames: list[ImageFrame], draw
 
 def build_chat(prompt: RenderedPrompt, group: ImageGroup, frames: list[ImageFrame], frame: CoordinateFrame,
                past: list[PastTurn]) -> list[dict]:
-    """The chat for the turn after `past`: system, labelled images + first turn, replayed rounds."""
+    """The chat for the turn after `past`: labelled images, instructions + first turn, replayed rounds."""
     intro: list[dict] = []
     for i, f in enumerate(frames):
         intro += [{"type": "text", "text": image_label(i, f)}, {"type": "image"}]
     exemplars = visual_prompt_text(group, frames)
-    first = f"{exemplars}\n{prompt.turns[0].text}" if exemplars else prompt.turns[0].text
-    messages = [{"role": "system", "content": [{"type": "text", "text": system_text(prompt, frame)}]},
-                {"role": "user", "content": [*intro, {"type": "text", "text": first}]}]
+    first = "\n".join(t for t in (system_text(prompt, frame), exemplars, prompt.turns[0].text) if t)
+    messages = [{"role": "user", "content": [*intro, {"type": "text", "text": first}]}]
     for k, done in enumerate(past):
         turn = prompt.turns[k + 1]
         memory = memory_text(k, done, frames, drawn=turn.draw_previous)

@@ -41,7 +41,7 @@ def resolve_pretrained(model: str, *, local_files_only: bool | None = None) -> s
                                 "of the form org/name")
     from huggingface_hub import snapshot_download
 
-    cached = _cached_snapshot(model)
+    cached = cached_snapshot(model)
     if cached:
         return cached
     env = "HF_HUB_OFFLINE is set" if hf_offline() else "HF_HUB_OFFLINE is not set"
@@ -58,7 +58,7 @@ def resolve_pretrained(model: str, *, local_files_only: bool | None = None) -> s
                                                       f"({type(e).__name__}: {first_line})")) from None
 
 
-def _cached_snapshot(model: str) -> str | None:
+def cached_snapshot(model: str) -> str | None:
     """The cached snapshot of a hub id, if it holds a config.json; never touches the network."""
     from huggingface_hub import snapshot_download
 
