@@ -21,6 +21,7 @@ from typing import IO
 
 import cv2
 import numpy as np
+from pycocotools import mask as mask_utils
 
 from autolabel import __version__
 from autolabel.errors import AutolabelError
@@ -191,6 +192,7 @@ def _annotations(pred: Prediction, image_ids: list[int], index: RunIndex, stats:
             if polygons:
                 segmentation, holes = mask_polygons(segment.mask())
                 stats.holes_filled += holes
+                area = polygons_area(segmentation, *segment.rle["size"])  # what the file holds: holes filled
             else:
                 segmentation = {"size": segment.rle["size"], "counts": segment.rle["counts"]}
             # CVAT and FiftyOne lift `attributes` onto the object: a key named `label` would
@@ -233,6 +235,14 @@ def mask_polygons(mask: np.ndarray) -> tuple[list[list[float]], int]:
     polygons = [((c.reshape(-1, 2) + 0.5) / 2).ravel().tolist()
                 for c, is_outer in zip(contours, outer) if is_outer and len(c) >= 3]
     return polygons, int(not outer.all())
+
+
+def polygons_area(polygons: list[list[float]], height: int, width: int) -> int:
+    """The pixel count of the mask COCO polygons rasterise to in pycocotools (their union, so
+    filled holes count): the `area` of a polygon annotation, matching what a reader decodes."""
+    if not polygons:
+        return 0
+    return int(mask_utils.area(mask_utils.merge(mask_utils.frPyObjects(polygons, height, width))))
 
 
 @contextmanager
