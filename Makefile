@@ -34,6 +34,8 @@ install-test: $(VENV)/.installed-test
 demo: install
 	$(VENV)/bin/autolabel run examples/groups --prompt functional --prompt ontology --out $(DEMO_OUT)
 	$(VENV)/bin/autolabel export coco $(DEMO_OUT) -o $(DEMO_OUT)/coco.json
+	$(VENV)/bin/autolabel export overlays $(DEMO_OUT) -o $(DEMO_OUT)/overlays
+	@echo "overlays (masks drawn over each group's images, one PNG per group x template): $(DEMO_OUT)/overlays/"
 
 test: install-test browser
 	$(PY) -m pytest -q

@@ -90,12 +90,72 @@ def read_run_info(run_dir: Path) -> dict:
     return info
 
 
+def image_roots(run_dirs: Iterable[Path], override: Path | None = None) -> list[Path]:
+    """Folders the runs' image files are relative to: `override`, else each run.json's input_root
+    that is a folder here. None at all is a configuration error naming where the images were."""
+    if override is not None:
+        if not Path(override).is_dir():
+            raise AutolabelError(f"--image-root {override}: not a folder")
+        return [Path(override)]
+    roots: list[Path] = []
+    recorded: list[str] = []
+    for run_dir in run_dirs:
+        root = read_run_info(Path(run_dir)).get("input_root")
+        if not root:
+            continue
+        recorded.append(str(root))
+        if Path(root).is_dir() and Path(root) not in roots:
+            roots.append(Path(root))
+    if not roots:
+        where = (f"images were read from {', '.join(dict.fromkeys(recorded))}, which is not a folder here"
+                 if recorded else "run.json names no input_root")
+        raise AutolabelError(f"{where}; pass --image-root DIR where the images are now")
+    return roots
+
+
+def check_output_dir(path: Path, flag: str) -> None:
+    """Fail early, in one line, when folder `path` cannot be created or written (nothing is created)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise AutolabelError(f"{flag} {path}: exists and is not a folder; give a folder (new or existing)")
+    _check_writable_ancestor(path, flag)
+
+
+def check_output_file(path: Path, flag: str) -> None:
+    """Fail early, in one line, when file `path` cannot be written (nothing is created)."""
+    path = Path(path)
+    if path.is_dir():
+        raise AutolabelError(f"{flag} {path}: is a folder; give a file name, e.g. {path / 'out.json'}")
+    if path.exists() and not path.is_file():
+        raise AutolabelError(f"{flag} {path}: exists and is not a regular file")
+    _check_writable_ancestor(path.parent, flag, target=path)
+
+
+def _check_writable_ancestor(folder: Path, flag: str, target: Path | None = None) -> None:
+    """The folder, or the nearest part of it that exists, must be a writable folder."""
+    target = target or folder
+    existing = folder.absolute()
+    while not existing.exists() and existing != existing.parent:
+        if existing.is_symlink():  # a dangling link: mkdir would fail on it
+            raise AutolabelError(f"{flag} {target}: {existing} is a broken symbolic link")
+        existing = existing.parent
+    if not existing.is_dir():
+        raise AutolabelError(f"{flag} {target}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise AutolabelError(f"{flag} {target}: folder {existing} is not writable")
+
+
 class PredictionWriter:
     """Appends prediction lines to one file under an exclusive lock; one writer per file."""
 
     def __init__(self, run_dir: Path, name: str | None = None):
         self.run_dir = run_dir
-        run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise AutolabelError(f"{run_dir}: exists and is not a folder; give a run directory") from None
+        except OSError as e:
+            raise AutolabelError(f"{run_dir}: cannot create the run directory: {e.strerror}") from None
         suffix = f".{name}" if name else ""
         self.path = run_dir / f"predictions{suffix}.jsonl"
         self.info_path = run_dir / f"run{suffix}.json"
