@@ -108,7 +108,8 @@ def run(
     api_key_env: Annotated[Optional[str], typer.Option(help="--server: environment variable holding the API key "
                                                             "(never written anywhere).  "
                                                             "\\[default: OPENAI_API_KEY]")] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar (for CI logs).")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars, ours or the model "
+                                                                 "libraries' (for CI logs).")] = False,
     min_score: Annotated[Optional[float], typer.Option(help="Leave masks scored below this out of the "
                                                             "prediction lines.  \\[default: 0]")] = None,
     config: Annotated[Optional[Path], typer.Option(help="YAML run file with the same options; flags win.")] = None,
@@ -128,6 +129,10 @@ def run(
                  concurrency=concurrency, api_key_env=api_key_env, quiet=quiet)
     flags["min_score"] = min_score
     cfg = load_run_config(config, flags)
+    if cfg.quiet:
+        from autolabel.progress import silence_library_progress
+
+        silence_library_progress()
     if cfg.engine == "ray":
         from autolabel.ray_engine import RayEngine as Engine
     else:

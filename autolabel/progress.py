@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import sys
 from pathlib import Path
 
 from rich.console import Console
@@ -12,6 +14,18 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress as _RichProgre
 from autolabel.engine import Progress, RunSummary
 
 _SEVERAL_FILES = re.compile(r"^(.*?\b\d+ unusable files): (.*)$")  # as errors.describe_files writes them
+
+
+def silence_library_progress() -> None:
+    """`--quiet`: no progress bars from the model libraries either (transformers' "Loading weights",
+    hub downloads), so CI logs hold only our summary. The environment variable is read when
+    huggingface_hub and transformers are imported, here and in processes started later (Ray
+    workers); libraries already imported are told directly."""
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    if "huggingface_hub" in sys.modules:
+        sys.modules["huggingface_hub"].utils.disable_progress_bars()
+    if "transformers.utils.logging" in sys.modules:
+        sys.modules["transformers.utils.logging"].disable_progress_bar()
 
 
 class RichProgress(Progress):

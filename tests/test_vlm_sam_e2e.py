@@ -33,6 +33,8 @@ def test_cli_run_and_export_with_tiny_qwen_and_tiny_sam(tmp_path, tmp_path_facto
             "--max-new-tokens", "400", "--backend-option", LIMITS, "--out", str(out), "-q"]
     r = subprocess.run(args, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=600)
     assert r.returncode == 0, r.stderr
+    # -q: no progress bars at all, the model libraries' included (transformers' "Loading weights")
+    assert "Loading weights" not in r.stderr and "it/s]" not in r.stderr and "%|" not in r.stderr, r.stderr
     lines = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
     assert [x["status"] for x in lines] == ["ok"] * 3
     info = json.loads((out / "run.json").read_text())
