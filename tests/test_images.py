@@ -169,6 +169,7 @@ def test_pixel_limit_holds_for_tiffs_read_with_tifffile(tmp_path):
     assert decode_image(p, "big.tif", max_pixels=10_000).shape == (100, 100, 3)
 
 
+@pytest.mark.filterwarnings("ignore:Corrupt EXIF data")  # PIL's, on the way to refusing the file
 def test_a_tiff_neither_reader_can_read_is_one_input_error(tmp_path):
     p = tmp_path / "broken.tif"
     buf = io.BytesIO()
