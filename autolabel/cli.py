@@ -444,11 +444,19 @@ def pull(
 
 # -- environment ----------------------------------------------------------------------------
 @app.command()
-def doctor() -> None:
-    """Report Python, torch/CUDA, library versions, cached checkpoints and MongoDB availability."""
+def doctor(
+    server: Annotated[Optional[str], typer.Option(help="Also check this OpenAI-compatible server (vLLM, SGLang): "
+                                                       "its models, structured output, logprobs, image sizes.")] = None,
+    model: Annotated[Optional[str], typer.Option(help="--server: check only this served model.")] = None,
+    api_key_env: Annotated[str, typer.Option(help="--server: environment variable holding the API key.")]
+    = "OPENAI_API_KEY",
+) -> None:
+    """Report Python, torch/CUDA, library versions, cached checkpoints, MongoDB and, with --server, a serving engine."""
     from autolabel import doctor as _doctor
 
     checks = _doctor.collect()
+    if server:
+        checks += _doctor.server_checks(server, model, api_key_env)
     _console().print(_doctor.render(checks))
 
 

@@ -71,6 +71,34 @@ def collect() -> list[Check]:
     ]
 
 
+def server_checks(url: str, model: str | None = None, api_key_env: str = "OPENAI_API_KEY") -> list[Check]:
+    """What a serving engine offers: its models and, for each (or `model`), whether structured
+    output, logprobs and exact image sizes work, found out with the same start-up probe as a run.
+    An unreachable server or a refused key raises AutolabelError (exit 2)."""
+    from autolabel.backends.base import BackendOptions
+    from autolabel.backends.server_reasoner import ServerReasoner, redact_url, served_models
+    from autolabel.errors import AutolabelError
+
+    options = BackendOptions(server=url, api_key_env=api_key_env, concurrency=1)
+    served = served_models(options)
+    checks = [Check("server", "ok", f"{redact_url(url)} serves {len(served)} model(s): " + ", ".join(
+        f"{m} ({root})" if root and root != m else m for m, root in served.items()))]
+    for name in [model] if model else list(served):
+        try:
+            reasoner = ServerReasoner(BackendOptions(server=url, model=name, api_key_env=api_key_env, concurrency=1))
+        except AutolabelError as e:
+            checks.append(Check(f"server model {name}", "missing", str(e)))
+            continue
+        info = reasoner.info()
+        reasoner.close()
+        yes = {True: "yes", False: "no"}
+        status: Status = "ok" if info["structured_output"] and info["logprobs"] else "warn"
+        checks.append(Check(f"server model {name}", status,
+                            f"structured output {yes[info['structured_output']]}, logprobs {yes[info['logprobs']]}, "
+                            f"coordinates {info['coordinates']}, image sizes {info['image_size_check']}"))
+    return checks
+
+
 def render(checks: list[Check]) -> Table:
     """The report as a rich table, statuses coloured."""
     colors = {"ok": "green", "warn": "yellow", "missing": "red"}

@@ -71,9 +71,6 @@ class ResizeRule:
 
 class ServerReasoner(Reasoner):
     def __init__(self, options: BackendOptions):
-        import httpx
-        import openai
-
         if not options.server:
             raise AutolabelError("--server: give the server's base URL, e.g. http://gpu-box:8000/v1")
         if not options.model:
@@ -83,13 +80,10 @@ class ServerReasoner(Reasoner):
         self.url = options.server.rstrip("/")
         self.model = options.model
         extra = options.extra
-        self._api_key = os.environ.get(options.api_key_env) or ""
+        self._api_key = api_key(options)
         self.retried_responses = 0
         self._lock = threading.Lock()
-        http = httpx.Client(event_hooks={"response": [self._count_retried]},
-                            limits=httpx.Limits(max_connections=max(options.concurrency * 2, 10)))
-        self.client = openai.OpenAI(base_url=self.url, api_key=self._api_key or "EMPTY", http_client=http,
-                                    timeout=float(extra.get("timeout", 600)), max_retries=int(extra.get("retries", 5)))
+        self.client = make_client(options, on_response=self._count_retried)
         self.request_options: dict[str, Any] = {"temperature": 0, **extra.get("request", {})}
         self.image_format = str(extra.get("image_format", "png")).lower()
         if self.image_format not in ("png", "jpeg"):
@@ -181,19 +175,7 @@ class ServerReasoner(Reasoner):
 
     # -- start-up checks -------------------------------------------------------------------
     def _served_models(self) -> dict[str, str | None]:
-        """id -> root of every model the server serves; unreachable or refused ends the run (exit 2)."""
-        import openai
-
-        try:
-            models = {m.id: getattr(m, "root", None) for m in self.client.with_options(max_retries=1,
-                                                                                      timeout=15).models.list()}
-        except openai.AuthenticationError:
-            env = self.options.api_key_env
-            raise AutolabelError(f"--server {redact_url(self.url)} refused the API key "
-                                 f"({'from $' + env if self._api_key else '$' + env + ' is not set'})") from None
-        except Exception as e:  # noqa: BLE001 - connection refused, DNS, TLS, not an OpenAI API: one line
-            raise AutolabelError(self._redact(f"--server {redact_url(self.url)}: cannot list its models "
-                                              f"(GET /models): {_describe(e)}")) from None
+        models = served_models(self.options, self.client)
         if self.model not in models:
             raise AutolabelError(f"--model {self.model!r} is not served by {redact_url(self.url)}; it serves: "
                                  f"{', '.join(sorted(models)) or 'nothing'}")
@@ -254,6 +236,40 @@ class ServerReasoner(Reasoner):
 
     def _redact(self, text: str) -> str:
         return text.replace(self._api_key, "***") if self._api_key else text
+
+
+def api_key(options: BackendOptions) -> str:
+    return os.environ.get(options.api_key_env) or ""
+
+
+def make_client(options: BackendOptions, on_response=None):
+    """An openai client for `--server`: retries with backoff (429 honours Retry-After), a pool
+    large enough for the concurrency asked, and the key from the environment (never logged)."""
+    import httpx
+    import openai
+
+    http = httpx.Client(event_hooks={"response": [on_response]} if on_response else {},
+                        limits=httpx.Limits(max_connections=max(options.concurrency * 2, 10)))
+    return openai.OpenAI(base_url=options.server.rstrip("/"), api_key=api_key(options) or "EMPTY", http_client=http,
+                         timeout=float(options.extra.get("timeout", 600)),
+                         max_retries=int(options.extra.get("retries", 5)))
+
+
+def served_models(options: BackendOptions, client=None) -> dict[str, str | None]:
+    """id -> root of every model the server serves; unreachable or a refused key is one line (exit 2)."""
+    import openai
+
+    client = client or make_client(options)
+    url, key = redact_url(options.server.rstrip("/")), api_key(options)
+    try:
+        return {m.id: getattr(m, "root", None) for m in client.with_options(max_retries=1, timeout=15).models.list()}
+    except openai.AuthenticationError:
+        env = options.api_key_env
+        raise AutolabelError(f"--server {url} refused the API key "
+                             f"({'from $' + env if key else '$' + env + ' is not set'})") from None
+    except Exception as e:  # noqa: BLE001 - connection refused, DNS, TLS, not an OpenAI API: one line
+        message = f"--server {url}: cannot list its models (GET /models): {_describe(e)}"
+        raise AutolabelError(message.replace(key, "***") if key else message) from None
 
 
 def openai_messages(chat: list[dict], image_urls: list[str]) -> list[dict]:
