@@ -89,7 +89,9 @@ class Labeler:
                                       extra=dict(config.backend_option))
         self._backend_factory = backend_factory
         self._backend: Backend | None = None
-        self._batch_size: int | None = config.batch_size if isinstance(config.batch_size, int) else None
+        # on a server, a "batch" is the requests in flight: the server batches them continuously
+        self._batch_size: int | None = (config.concurrency if config.server else
+                                        config.batch_size if isinstance(config.batch_size, int) else None)
 
     # -- the model ------------------------------------------------------------------------
     @property

@@ -121,7 +121,8 @@ class RayEngine(Engine):
         cfg = self.config
         logging.getLogger("ray.data").setLevel(logging.ERROR)  # its plan and tuning notes are not the user's
         ray.data.DataContext.get_current().enable_progress_bars = False  # the CLI shows its own progress
-        groups_per_call = cfg.batch_size if isinstance(cfg.batch_size, int) else AUTO_BATCH_START
+        groups_per_call = (cfg.concurrency if cfg.server else  # a worker keeps that many requests in flight
+                           cfg.batch_size if isinstance(cfg.batch_size, int) else AUTO_BATCH_START)
         ds = (ray.data.read_text(str(todo_path))
               .map(_decode_row, fn_kwargs={"max_pixels": cfg.max_pixels}, num_cpus=DECODE_CPUS)
               .map_batches(LabelWorker, batch_size=groups_per_call, batch_format="numpy",

@@ -273,3 +273,18 @@ def test_templates_over_a_group_share_the_prefix_up_to_the_last_image(tmp_path):
     assert [len(c) for c in chats] == [1, 1] and contents[0][:4] == contents[1][:4]
     assert [p["type"] for p in contents[0][:4]] == ["text", "image", "text", "image"]
     assert contents[0][4] != contents[1][4]
+
+
+def test_ray_engine_and_shards_through_the_server(served, tmp_path, tmp_path_factory, one_template):
+    """Ray workers share the server; two shards then cover every group once."""
+    server, _ = served
+    sam = tiny_mask_model("sam2", tmp_path_factory)
+    data = make_groups(tmp_path / "data", 4)
+    out = tmp_path / "run"
+    r = server_run(data, out, server.url, one_template, sam, "--engine", "ray", "--workers", "1", "--shard", "0/2")
+    assert r.returncode == 0, r.stderr
+    r = server_run(data, out, server.url, one_template, sam, "--shard", "1/2")
+    assert r.returncode == 0, r.stderr
+    lines = list(read_predictions([out]))
+    assert sorted(p.group_id for p in lines) == ["g000", "g001", "g002", "g003"]
+    assert all(p.status == "ok" for p in lines)
