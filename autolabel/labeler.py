@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 import time
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,7 +23,7 @@ from autolabel.config import RunConfig
 from autolabel.errors import AutolabelError, InputError
 from autolabel.groups import BadGroup, ImageGroup
 from autolabel.prediction import ImageInfo, Prediction, Segment, Turn, prediction_key
-from autolabel.templates import Template, load_template, render
+from autolabel.templates import Template, load_template, render, used_variables
 
 # `--batch-size auto` on CUDA starts here and halves on out-of-memory until a batch fits.
 AUTO_BATCH_START = 64
@@ -140,6 +140,21 @@ class Labeler:
     def keys(self, group_id: str) -> list[str]:
         return [prediction_key(group_id, t.name, self.model_id) for t in self.templates]
 
+    def asked(self, group: ImageGroup | BadGroup) -> dict[str, Asked]:
+        """What each of the group's keys asks the model: the template's hash and the variables it
+        renders with. A key done with the same ask is done; done with another, it is redone."""
+        given = given_variables(self.config.var, group)
+        return {prediction_key(group.id, t.name, self.model_id): (t.content_hash, used_variables(t, given))
+                for t in self.templates}
+
+    def finished_keys(self, group: ImageGroup | BadGroup, done: Mapping[str, Asked]) -> tuple[set[str], set[str]]:
+        """The group's keys done with the same ask, and those done with another (to redo)."""
+        same, changed = set(), set()
+        for key, ask in self.asked(group).items():
+            if key in done:
+                (same if same_ask(done[key], ask) else changed).add(key)
+        return same, changed
+
     def requests(self, group: ImageGroup, images: list[np.ndarray], skip: Iterable[str] = (), decode_s: float = 0.0
                  ) -> tuple[list[Request], list[Prediction]]:
         """The group's requests, one per template not in `skip`; a template that will not render
@@ -152,8 +167,9 @@ class Labeler:
                 continue
             try:
                 prompt = render(template, n_images=len(group.images),
-                                variables={**self.config.var, **group.variables},
-                                group_id=group.id, files=[im.file for im in group.images])
+                                variables=given_variables(self.config.var, group),
+                                group_id=group.id, files=[im.file for im in group.images],
+                                exemplars=exemplar_images(group))
             except AutolabelError as e:
                 failures.append(self.failure(group, key, "template", str(e), template=template))
                 continue
@@ -216,6 +232,8 @@ class Labeler:
             if isinstance(answer, Exception):
                 line = self.failure(request.group, request.key, "predict", f"{type(answer).__name__}: {answer}",
                                     prompt=request.prompt, images=request.images)
+                if getattr(answer, "raw", None):  # what the model wrote, when that is why it failed
+                    line.error["answer"] = answer.raw
             else:
                 line = self._success(request, answer)
             line.timings = {**timings, "decode_s": request.decode_s}
@@ -235,7 +253,8 @@ class Labeler:
                           images=_image_infos(request.group, request.images),
                           template=request.prompt.name, template_hash=request.prompt.hash,
                           model=self.model_id, backend=self.config.backend, turns=turns,
-                          variables=dict(request.group.variables), category=request.prompt.category)
+                          variables=dict(request.prompt.variables), category=request.prompt.category,
+                          truncated=any(getattr(t, "truncated", False) for t in answer.turns))
 
     def failure(self, group: ImageGroup | BadGroup, key: str, stage: str, message: str, *,
                 template: Template | None = None, file: str | None = None, files: list[dict] | None = None,
@@ -257,6 +276,29 @@ class Labeler:
         return [self.failure(group, prediction_key(group.id, t.name, self.model_id), stage, error.message,
                              template=t, file=error.file, files=error.files)
                 for t in self.templates]
+
+
+# what a key asked the model: (template hash, the variables it rendered with)
+Asked = tuple[str, dict[str, str]]
+
+
+def same_ask(done: Asked, asked: Asked) -> bool:
+    """A line done with `done` answers `asked`: the same template hash and the same value of every
+    variable both name (lines written before lines stored every variable they used name fewer)."""
+    (done_hash, done_vars), (hash_, variables) = done, asked
+    return done_hash == hash_ and all(done_vars[k] == v for k, v in variables.items() if k in done_vars)
+
+
+def given_variables(config_var: Mapping[str, str], group: ImageGroup | BadGroup) -> dict[str, str]:
+    """A group's template variables: --var, then its exemplar's label (a manifest prompt's `label`,
+    a COCO annotation's category) as `label`, then the group's own manifest variables; later wins."""
+    label = next((im.prompt.label for im in group.images if im.prompt is not None and im.prompt.label), None)
+    return {**config_var, **({"label": label} if label else {}), **getattr(group, "variables", {})}
+
+
+def exemplar_images(group: ImageGroup) -> tuple[int, ...]:
+    """1-based numbers of the group's images that carry a visual prompt."""
+    return tuple(i for i, im in enumerate(group.images, 1) if im.prompt is not None)
 
 
 def _image_infos(group: ImageGroup, images: list[np.ndarray] | None) -> list[ImageInfo]:

@@ -19,12 +19,13 @@ def write_image(path: Path, h: int = 48, w: int = 64, seed: int = 0) -> Path:
     return path
 
 
-def make_groups(root: Path, n_groups: int, per_group: int = 2, side: int = 32) -> Path:
-    """root/g000/img1.png ... : a folder per group, sizes (from `side` pixels) varying by group."""
+def make_groups(root: Path, n_groups: int, per_group: int = 2, side: int = 32, seed: int = 0) -> Path:
+    """root/g000/img1.png ... : a folder per group, sizes (from `side` pixels) varying by group;
+    another `seed` gives other pixels."""
     for g in range(n_groups):
         for i in range(per_group):
             write_image(root / f"g{g:03d}" / f"img{i + 1}.png", side + 4 * (g % 5), side + 8 + 8 * i,
-                        seed=g * 10 + i)
+                        seed=seed + g * 10 + i)
     return root
 
 

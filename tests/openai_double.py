@@ -51,8 +51,10 @@ def decode_data_url(url: str) -> np.ndarray:
 
 
 class GeometryServer:
-    def __init__(self, model: str = "double", cap_pixels: int | None = None):
-        self.model, self.cap_pixels = model, cap_pixels
+    def __init__(self, model: str = "double", cap_pixels: int | None = None, unconstrained: str | None = None):
+        """`unconstrained`: answer this text to every request, as a server that ignores
+        `response_format` might."""
+        self.model, self.cap_pixels, self.unconstrained = model, cap_pixels, unconstrained
         self.received_sizes: list[tuple[int, int]] = []  # (h, w) of every image of every completion
         self._server = _serve(_GeometryHandler, self)
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}/v1"
@@ -86,9 +88,10 @@ class GeometryServer:
                 answer["absent"] = []
         else:
             answer = {"ok": True}
+        content = json.dumps(answer) if self.unconstrained is None else self.unconstrained
         return {"id": "x", "object": "chat.completion", "created": 0, "model": self.model,
                 "choices": [{"index": 0, "finish_reason": "stop", "logprobs": None,
-                             "message": {"role": "assistant", "content": json.dumps(answer)}}],
+                             "message": {"role": "assistant", "content": content}}],
                 "usage": {"prompt_tokens": tokens, "completion_tokens": 1, "total_tokens": tokens + 1}}
 
     def _as_served(self, image: np.ndarray) -> np.ndarray:

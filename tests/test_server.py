@@ -23,7 +23,7 @@ from vllm_server import VllmServer, free_port
 from autolabel.backends import mask_heads
 from autolabel.backends.base import BackendOptions, Request
 from autolabel.backends.chat import build_chat, mask_box
-from autolabel.backends.server_reasoner import openai_messages
+from autolabel.backends.server_reasoner import openai_messages, redact_url
 from autolabel.backends.vlm_coords import CoordinateFrame
 from autolabel.backends.vlm_sam import VlmSamBackend, _GroupState
 from autolabel.errors import AutolabelError
@@ -217,12 +217,13 @@ def geometry():
     server.stop()
 
 
-def test_a_known_box_comes_back_where_it_was(geometry, tmp_path, monkeypatch):
+@pytest.mark.parametrize("image_format", ["png", "jpeg"])
+def test_a_known_box_comes_back_where_it_was(geometry, tmp_path, monkeypatch, image_format):
     """Images are sent at a size the model's resize keeps (here shrunk to fit 30 visual tokens);
     the box the model answers in those pixels lands on the square in the original image."""
     monkeypatch.setattr(mask_heads, "load_mask_head", lambda *a, **k: BoxMaskHead())
     backend = VlmSamBackend(BackendOptions(model="double", device="cpu", server=geometry.url,
-                                           extra={"max_image_pixels": 28 * 28 * 30}))
+                                           extra={"max_image_pixels": 28 * 28 * 30, "image_format": image_format}))
     assert backend.reasoner.frame is CoordinateFrame.PIXELS
     squares = [(50, 40, 120, 90), (10, 100, 60, 190)]
     images = []
@@ -288,3 +289,27 @@ def test_ray_engine_and_shards_through_the_server(served, tmp_path, tmp_path_fac
     lines = list(read_predictions([out]))
     assert sorted(p.group_id for p in lines) == ["g000", "g001", "g002", "g003"]
     assert all(p.status == "ok" for p in lines)
+
+
+def test_an_unconstrained_answer_fails_its_group_with_the_raw_answer(tmp_path, tmp_path_factory):
+    """A server that ignores response_format: the answer is still parsed here under the same rules;
+    the group fails with why and what the model wrote, and the run goes on."""
+    double = GeometryServer(unconstrained="Sure! The square is in the middle.")
+    try:
+        data = make_groups(tmp_path / "data", 2)
+        out = tmp_path / "run"
+        r = run_cli("run", str(data), "--server", double.url, "--model", "double", "--mask-model",
+                    tiny_mask_model("sam2", tmp_path_factory), "--device", "cpu", "--out", str(out), "-q")
+    finally:
+        double.stop()
+    assert r.returncode == 1
+    lines = list(read_predictions([out]))
+    assert len(lines) == 2 and all(p.status == "error" for p in lines)
+    assert all("InvalidAnswer" in p.error["message"] and p.error["answer"] == "Sure! The square is in the middle."
+               for p in lines)
+    assert json.loads((out / "run.json").read_text())["model_info"]["structured_output"] is False
+
+
+def test_credentials_in_the_server_url_are_not_recorded():
+    assert redact_url("https://me:secret@host:8443/v1") == "https://host:8443/v1"
+    assert redact_url("http://gpu-box:8000/v1") == "http://gpu-box:8000/v1"

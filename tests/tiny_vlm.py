@@ -57,7 +57,8 @@ def build_tiny_vlm(family: str, directory: Path, seed: int = 0, scale: str = "ti
     `scale="base"` (qwen2_5_vl only) gives the layer sizes of Qwen2.5-VL-3B's vision tower and a
     0.5B-class language model, still random, saved in bf16: for GPU benchmarks, where compute and
     memory should look like a real checkpoint's. `scale="served"` (qwen2_5_vl only) is the tiny model
-    with head_dim 32, the smallest vLLM's CPU attention accepts, for the serving-engine tests."""
+    with head_dim 32, the smallest vLLM's CPU attention accepts, and images up to 448x448 pixels (256
+    visual tokens), for the serving-engine tests and benchmark."""
     import torch
     from transformers import (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor,
                               Qwen2VLImageProcessor, Qwen2VLVideoProcessor, Qwen3VLConfig,
@@ -82,6 +83,7 @@ def build_tiny_vlm(family: str, directory: Path, seed: int = 0, scale: str = "ti
     if scale == "served":
         text.update(num_attention_heads=2, num_key_value_heads=1)
         sections = [4, 6, 6]
+        size = {"shortest_edge": 32 * 32, "longest_edge": 448 * 448}  # up to 256 visual tokens per image
     if family == "qwen2_5_vl":
         text["rope_parameters"] = {"rope_type": "default", "rope_theta": 1e6,
                                    "mrope_section": [8, 12, 12] if scale == "base" else sections}
