@@ -5,8 +5,8 @@
   tokens the way Qwen2.5-VL does (one per 28x28 cell) and can cap image sizes like a server
   configured with a smaller max_pixels, so the start-up probe and the coordinate round trip are
   tested against known geometry.
-- `FaultProxy`: sits in front of a real server; answers chosen requests with 503/429 (with
-  Retry-After), or dies after a number of completions (connections dropped, port closed).
+- `FaultProxy`: sits in front of a real server and answers chosen requests with 503/429 (with
+  Retry-After).
 """
 
 from __future__ import annotations
@@ -51,10 +51,12 @@ def decode_data_url(url: str) -> np.ndarray:
 
 
 class GeometryServer:
-    def __init__(self, model: str = "double", cap_pixels: int | None = None, unconstrained: str | None = None):
+    def __init__(self, model: str = "double", cap_pixels: int | None = None, unconstrained: str | None = None,
+                 max_images: int | None = None):
         """`unconstrained`: answer this text to every request, as a server that ignores
         `response_format` might."""
         self.model, self.cap_pixels, self.unconstrained = model, cap_pixels, unconstrained
+        self.max_images = max_images  # more images per prompt are refused with a 400, as vLLM does
         self.received_sizes: list[tuple[int, int]] = []  # (h, w) of every image of every completion
         self._server = _serve(_GeometryHandler, self)
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}/v1"
@@ -79,8 +81,13 @@ class GeometryServer:
         if "targets" in properties:
             label = properties["targets"]["items"]["properties"]["label"].get("enum", ["square"])[0]
             targets = []
+            relative = "qwen3" in self.model.lower()  # Qwen3-VL answers 0-1000 relative coordinates
             for i, im in enumerate(images):
                 box = white_square_box(im)
+                if box is not None and relative:
+                    h, w = im.shape[:2]
+                    box = [round(box[0] * 1000 / w), round(box[1] * 1000 / h), round(box[2] * 1000 / w),
+                           round(box[3] * 1000 / h)]
                 if box is not None:
                     targets.append({"image": i + 1, "label": label, "phrase": "the square", "box": box})
             answer = {"explanation": "white squares", "targets": targets}
@@ -123,22 +130,25 @@ class _GeometryHandler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        _reply(self, 200, self.server.owner.complete(body))
+        owner = self.server.owner
+        images = sum(1 for m in body["messages"] if not isinstance(m["content"], str)
+                     for p in m["content"] if p["type"] == "image_url")
+        if owner.max_images is not None and images > owner.max_images:
+            _reply(self, 400, {"error": {"message": f"At most {owner.max_images} image(s) may be provided in one "
+                                                    "prompt.", "type": "BadRequestError", "code": 400}})
+            return
+        _reply(self, 200, owner.complete(body))
 
 
 class FaultProxy:
-    """Forwards to `upstream`; `faults` answers the first chat completions with those statuses
-    (429 with Retry-After: 1); after `die_after` forwarded completions the proxy drops every
-    connection and closes its port, as a killed server would."""
+    """Forwards to `upstream`, but answers the first chat completions with the statuses in `faults`
+    (429 with Retry-After: 1), as an overloaded server would."""
 
-    def __init__(self, upstream: str, faults: list[int] = (), die_after: int | None = None):
+    def __init__(self, upstream: str, faults: list[int] = ()):
         parts = urlsplit(upstream)
         self.upstream_host, self.upstream_port = parts.hostname, parts.port
         self.faults = list(faults)
-        self.die_after = die_after
-        self.completions = 0   # forwarded chat completions
         self.injected = 0
-        self.dead = False
         self._lock = threading.Lock()
         self._server = _serve(_ProxyHandler, self)
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}/v1"
@@ -147,22 +157,13 @@ class FaultProxy:
         self._server.shutdown()
         self._server.server_close()
 
-    def decide(self, path: str) -> str | int:
-        """'forward', 'drop', or a status code to answer with."""
+    def fault(self, path: str) -> int | None:
+        """The status to answer this request with, or None to forward it."""
         with self._lock:
-            if self.dead:
-                return "drop"
-            if not path.endswith("/chat/completions"):
-                return "forward"
-            if self.faults:
+            if path.endswith("/chat/completions") and self.faults:
                 self.injected += 1
                 return self.faults.pop(0)
-            if self.die_after is not None and self.completions >= self.die_after:
-                self.dead = True
-                threading.Thread(target=self.stop, daemon=True).start()
-                return "drop"
-            self.completions += 1
-            return "forward"
+            return None
 
 
 class _ProxyHandler(BaseHTTPRequestHandler):
@@ -179,14 +180,10 @@ class _ProxyHandler(BaseHTTPRequestHandler):
 
     def _handle(self, body: bytes) -> None:
         proxy: FaultProxy = self.server.owner
-        action = proxy.decide(self.path)
-        if action == "drop":
-            self.close_connection = True
-            self.connection.shutdown(2)
-            return
-        if isinstance(action, int):
-            headers = {"Retry-After": "1"} if action == 429 else {}
-            _reply(self, action, {"error": {"message": f"injected {action}", "type": "test"}}, headers)
+        status = proxy.fault(self.path)
+        if status is not None:
+            headers = {"Retry-After": "1"} if status == 429 else {}
+            _reply(self, status, {"error": {"message": f"injected {status}", "type": "test"}}, headers)
             return
         conn = http.client.HTTPConnection(proxy.upstream_host, proxy.upstream_port, timeout=600)
         headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}

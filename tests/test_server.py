@@ -9,6 +9,7 @@ import os
 import secrets
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -157,27 +158,45 @@ def test_retries_through_503_and_429(served, tmp_path, tmp_path_factory, one_tem
     assert json.loads((out / "run.json").read_text())["timings"]["server_retried_responses"] == 3
 
 
-def test_a_server_that_dies_mid_run_fails_only_the_groups_in_flight_and_a_rerun_completes(
+def test_the_server_killed_mid_run_fails_only_the_groups_left_and_a_rerun_completes(
         served, tmp_path, tmp_path_factory, one_template):
-    server, _ = served
+    """A second real vLLM server is SIGKILLed once two groups are written; the rest become error
+    lines, and a rerun against the other server (same model name, so the same keys) finishes them."""
+    server, model = served
+    doomed = VllmServer(model, tmp_path / "doomed", api_key=KEY)
     sam = tiny_mask_model("sam2", tmp_path_factory)
-    data = make_groups(tmp_path / "data", 6)
+    data = make_groups(tmp_path / "data", 8)
     out = tmp_path / "run"
-    proxy = FaultProxy(server.url, die_after=2 + 2)  # the two start-up probes, then two groups
-    r = server_run(data, out, proxy.url, one_template, sam, "--concurrency", "2", "--backend-option", "retries=1")
-    assert r.returncode == 1, r.stderr
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OPENAI_API_KEY": KEY}
+    run = subprocess.Popen([sys.executable, "-m", "autolabel", "run", str(data), "--prompt", one_template,
+                            "--server", doomed.url, "--model", "tiny", "--mask-model", sam, "--device", "cpu",
+                            "--backend-option", LIMITS, "--backend-option", "retries=1", "--max-new-tokens", "400",
+                            "--concurrency", "1", "--out", str(out), "-q"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        lines_file = out / "predictions.jsonl"
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and run.poll() is None:
+            if lines_file.exists() and lines_file.read_text().count('"status":"ok"') >= 2:
+                break
+            time.sleep(0.05)
+        doomed.process.kill()  # SIGKILL: no goodbye to the clients
+        _, stderr = run.communicate(timeout=300)
+    finally:
+        doomed.stop()
+    assert run.returncode == 1, stderr
     first = list(read_predictions([out]))
     ok = {p.key for p in first if p.status == "ok"}
     failed = [p for p in first if p.status == "error"]
-    assert len(ok) == 2 and len(failed) == 4
-    assert all(p.error["stage"] == "predict" and "APIConnectionError" in p.error["message"] for p in failed)
+    assert len(ok) >= 2 and len(ok) + len(failed) == 8 and failed
+    assert all(p.error["stage"] == "predict" and "server http://127.0.0.1" in p.error["message"] for p in failed)
 
     again = server_run(data, out, server.url, one_template, sam)
     assert again.returncode == 0, again.stderr
-    assert "already done 2" in again.stderr
+    assert f"already done {len(ok)}" in again.stderr
     lines = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
     ok_keys = [x["key"] for x in lines if x["status"] == "ok"]
-    assert len(ok_keys) == len(set(ok_keys)) == 6  # every key done exactly once
+    assert len(ok_keys) == len(set(ok_keys)) == 8  # every key done exactly once
 
 
 def test_start_up_faults_are_one_line_and_exit_2(served, tmp_path, tmp_path_factory, one_template):
@@ -210,21 +229,18 @@ def test_doctor_reports_the_server(served):
     assert r.returncode == 2 and "cannot list its models" in r.stderr
 
 
-@pytest.fixture
-def geometry():
-    server = GeometryServer()
-    yield server
-    server.stop()
-
-
-@pytest.mark.parametrize("image_format", ["png", "jpeg"])
-def test_a_known_box_comes_back_where_it_was(geometry, tmp_path, monkeypatch, image_format):
-    """Images are sent at a size the model's resize keeps (here shrunk to fit 30 visual tokens);
-    the box the model answers in those pixels lands on the square in the original image."""
+@pytest.mark.parametrize("model, image_format, frame", [
+    ("double", "png", CoordinateFrame.PIXELS), ("double", "jpeg", CoordinateFrame.PIXELS),
+    ("Qwen3-VL-double", "png", CoordinateFrame.RELATIVE_1000)])
+def test_a_known_box_comes_back_where_it_was(tmp_path, monkeypatch, model, image_format, frame):
+    """Pixel frames: images are sent at a size the model's resize keeps (here shrunk to fit 30
+    visual tokens) and the box answered in those pixels lands on the square in the original image.
+    Relative frames (Qwen3-VL, told by the served name) need no resize."""
     monkeypatch.setattr(mask_heads, "load_mask_head", lambda *a, **k: BoxMaskHead())
-    backend = VlmSamBackend(BackendOptions(model="double", device="cpu", server=geometry.url,
+    geometry = GeometryServer(model=model)
+    backend = VlmSamBackend(BackendOptions(model=model, device="cpu", server=geometry.url,
                                            extra={"max_image_pixels": 28 * 28 * 30, "image_format": image_format}))
-    assert backend.reasoner.frame is CoordinateFrame.PIXELS
+    assert backend.reasoner.frame is frame
     squares = [(50, 40, 120, 90), (10, 100, 60, 190)]
     images = []
     for h, w in ((200, 300), (240, 90)):
@@ -236,14 +252,20 @@ def test_a_known_box_comes_back_where_it_was(geometry, tmp_path, monkeypatch, im
     refs = tuple(ImageRef(f"g/{i}.png", tmp_path / f"{i}.png") for i in range(2))
     request = Request("g|sq|m", ImageGroup("g", tmp_path, refs), images, render(template, n_images=2, group_id="g"))
     (answer,) = backend.predict([request])
-    sent = [f.model_input for f in backend.frames(images)]
-    assert geometry.received_sizes[-2:] == sent and all(s != im.shape[:2] for s, im in zip(sent, images))
+    geometry.stop()
+    received = geometry.received_sizes[-2:]
+    if frame is CoordinateFrame.PIXELS:
+        sent = [f.model_input for f in backend.frames(images)]
+        assert received == sent and all(s != im.shape[:2] for s, im in zip(sent, images))
+        assert backend.model_info()["image_size_check"].startswith("verified")
+    else:  # no resize rule: only scaled down within max_image_pixels, aspect kept
+        assert all(h * w <= 28 * 28 * 30 and abs(h / w - im.shape[0] / im.shape[1]) < 0.02
+                   for (h, w), im in zip(received, images))
     boxes = {m.image: mask_box(m.mask) for m in answer.turns[0].masks}
     for i, square in enumerate(squares):
         np.testing.assert_allclose(boxes[i], square, atol=2.5)
     info = backend.model_info()
-    assert info["image_size_check"].startswith("verified") and not info["logprobs"]
-    assert info["confidence"].startswith("mask only")
+    assert not info["logprobs"] and info["confidence"].startswith("mask only")
     assert [m.score for m in answer.turns[0].masks] == [0.8, 0.8]  # the mask head's score alone
     backend.close()
 
@@ -313,3 +335,14 @@ def test_an_unconstrained_answer_fails_its_group_with_the_raw_answer(tmp_path, t
 def test_credentials_in_the_server_url_are_not_recorded():
     assert redact_url("https://me:secret@host:8443/v1") == "https://host:8443/v1"
     assert redact_url("http://gpu-box:8000/v1") == "http://gpu-box:8000/v1"
+
+
+def test_a_server_without_several_images_per_prompt_is_refused_at_start(tmp_path, tmp_path_factory):
+    single = GeometryServer(max_images=1)
+    try:
+        r = run_cli("run", str(make_groups(tmp_path / "data", 1)), "--server", single.url, "--model", "double",
+                    "--mask-model", tiny_mask_model("sam2", tmp_path_factory), "--out", str(tmp_path / "run"), "-q")
+    finally:
+        single.stop()
+    assert r.returncode == 2 and "refused a two-image request" in r.stderr and "limit-mm-per-prompt" in r.stderr
+    assert "Traceback" not in r.stderr
