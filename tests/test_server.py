@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import make_groups
+from PIL import Image
 from openai_double import FaultProxy, GeometryServer
 from pycocotools.coco import COCO
 from tiny_sam import tiny_mask_model
@@ -133,7 +134,7 @@ def test_the_server_gets_the_in_process_chat(served, tmp_path, monkeypatch):
 
     processor = local.reasoner.processor
     text = processor.apply_chat_template(mine.chat, add_generation_prompt=True, tokenize=False)
-    resized = [np.asarray(__import__("PIL.Image", fromlist=["Image"]).fromarray(im).resize((f.model_input[1], f.model_input[0])))
+    resized = [np.array(Image.fromarray(im).resize((f.model_input[1], f.model_input[0])))
                for im, f in zip(mine.images, mine.frames)]
     expected = processor(text=[text], images=[resized], return_tensors="pt")["input_ids"].shape[1]
     reply = remote.reasoner._complete(sent, None, 1, logprobs=False)
