@@ -35,9 +35,10 @@ app.add_typer(prompts_app, name="prompts")
 
 
 def _console(stderr: bool = False):
-    from rich.console import Console
+    """Rich output; off a terminal (CI logs, pipes) as wide as the text, so tables are never cut."""
+    from autolabel.terminal import console
 
-    return Console(stderr=stderr)
+    return console(stderr=stderr)
 
 
 def _version(value: bool) -> None:
@@ -116,7 +117,8 @@ def run(
 ) -> None:
     """Label every group of INPUT with each --prompt template, writing RUN_DIR/predictions.jsonl.
 
-    Reruns skip groups already done (group x template x model) and retry failed ones.
+    Reruns skip groups already done (group x template x model) with the same template and variables,
+    redo those asked differently, and retry failed ones.
     """
     from autolabel.config import load_run_config
 
@@ -240,10 +242,12 @@ def prompts_list() -> None:
 
     from autolabel.templates import builtin_templates
 
+    from autolabel.terminal import print_table
+
     table = Table("name", "category", "turns", "description")
     for t in builtin_templates():
         table.add_row(t.name, t.category, str(len(t.turns)), t.description.strip().splitlines()[0] if t.description else "")
-    _console().print(table)
+    print_table(_console(), table)
 
 
 @prompts_app.command("show")
@@ -261,15 +265,19 @@ def prompts_show(template: Annotated[str, typer.Argument(help="Template name or 
 @prompts_app.command("render")
 def prompts_render(
     template: Annotated[str, typer.Argument(help="Template name or YAML file.")],
-    group_dir: Annotated[Path, typer.Argument(help="A folder of images: one group.")],
+    group_dir: Annotated[Path, typer.Argument(help="A folder of images (one group), or a JSONL/CSV manifest or "
+                                                   "COCO file (see --group).")],
     var: Annotated[Optional[list[str]], typer.Option("--var", help="KEY=VALUE; repeatable.")] = None,
+    group: Annotated[Optional[str], typer.Option("--group", help="With a manifest or COCO file: the id of the group "
+                                                                 "to show, with its exemplars.  \\[default: the first]")]
+    = None,
 ) -> None:
     """Print exactly what a model would receive for one group."""
     from autolabel.config import RunConfig
     from autolabel.prompt_view import render_for_group
 
     variables = RunConfig._parse_vars(var or [])
-    typer.echo(render_for_group(template, group_dir, variables))
+    typer.echo(render_for_group(template, group_dir, variables, group))
 
 
 # -- evaluation -----------------------------------------------------------------------------
@@ -289,8 +297,10 @@ def evaluate(
 
     thresholds = parse_fail_under(fail_under or [])
     result = _evaluate(pred, gt)
+    from autolabel.terminal import print_table
+
     console = _console()
-    console.print(render_table(result))
+    print_table(console, render_table(result))
     for warning in result.warnings:
         _console(stderr=True).print(f"[yellow]warning:[/] {escape(warning)}")
     if json_out:
@@ -436,7 +446,9 @@ def pull(
         table.add_row(escape(name), *(str(counts[c]) for c in CHANGES))
     totals = report.totals()
     table.add_row("[bold]all[/]", *(f"[bold]{totals[c]}[/]" for c in CHANGES))
-    _console().print(table)
+    from autolabel.terminal import print_table
+
+    print_table(_console(), table)
     if json_out:
         json_out.write_text(json.dumps(report.to_json(), indent=2) + "\n")
     _console(stderr=True).print(f"wrote {output}: {report.groups} groups; {report.export}", soft_wrap=True)
@@ -457,7 +469,9 @@ def doctor(
     checks = _doctor.collect()
     if server:
         checks += _doctor.server_checks(server, model, api_key_env)
-    _console().print(_doctor.render(checks))
+    from autolabel.terminal import print_table
+
+    print_table(_console(), _doctor.render(checks))
 
 
 @app.command()
@@ -476,7 +490,9 @@ def models() -> None:
                 return "-"
             return f"{model_id} [green](cached)[/]" if model_id in cached else f"{model_id} [yellow](not cached)[/]"
         table.add_row(spec.name, mark(spec.default_model), mark(spec.default_mask_model), spec.description)
-    _console().print(table)
+    from autolabel.terminal import print_table
+
+    print_table(_console(), table)
 
 
 def main() -> None:

@@ -123,6 +123,49 @@ def key_values(items, read_value) -> dict[str, Any]:
     return out
 
 
+_PTH_VARIANT = re.compile(r"^(?P<variant>\w+:)?(?P<file>.+\.pth)$")
+
+
+def _paths_relative_to(data: dict[str, Any], base: Path) -> None:
+    """One rule for a run file: a relative path in it is relative to the file's folder. `input`,
+    `out` and `manifest` are always paths; `model`, `mask_model` and `prompt` entries are paths
+    when they name something there (or look like a file: a .pth, a .yaml), else hub ids and
+    template names, as on the command line."""
+    for key in ("input", "out", "manifest"):
+        if isinstance(data.get(key), str) and not Path(data[key]).expanduser().is_absolute():
+            data[key] = str(base / data[key])
+    for key in ("model", "mask_model"):
+        value = data.get(key)
+        if not isinstance(value, str):
+            continue
+        pth = _PTH_VARIANT.match(value)
+        variant, file = (pth["variant"] or "", pth["file"]) if pth else ("", value)
+        if not Path(file).expanduser().is_absolute() and (pth or (base / file).exists()):
+            data[key] = variant + str(base / file)
+    prompts = data.get("prompt")
+    if isinstance(prompts, (str, list)):
+        data["prompt"] = [str(base / p) if isinstance(p, str) and not Path(p).is_absolute()
+                          and (Path(p).suffix.lower() in (".yaml", ".yml") or (base / p).is_file()) else p
+                          for p in ([prompts] if isinstance(prompts, str) else prompts)]
+
+
+def _input_or_manifest(data: dict[str, Any]) -> None:
+    """INPUT, or `--manifest FILE` alone (the manifest is the input); both only when they agree."""
+    manifest = data.get("manifest")
+    if data.get("input") is None:
+        if manifest is None:
+            raise AutolabelError("missing INPUT: give a folder, manifest or COCO file, or --manifest FILE "
+                                 "(or `input:` in --config)")
+        data["input"] = manifest
+    elif manifest is not None and Path(data["input"]).resolve() != Path(manifest).resolve():
+        raise AutolabelError(f"INPUT {data['input']} and --manifest {manifest} are two inputs; give the manifest "
+                             f"either as INPUT or with --manifest (its image paths are relative to its own folder)")
+    source = Path(manifest if manifest is not None else data["input"])
+    if data.get("group_by") and source.suffix.lower() in (".jsonl", ".csv"):
+        raise AutolabelError(f"--group-by groups the files of a folder or the images of a COCO file; the "
+                             f"manifest {source} lists its groups itself (its `id` / `group_id`)")
+
+
 def load_run_config(config_file: Path | None, flags: dict[str, Any]) -> RunConfig:
     """Merge a YAML run file with the flags that were given (None means 'not given')."""
     data: dict[str, Any] = {}
@@ -131,18 +174,14 @@ def load_run_config(config_file: Path | None, flags: dict[str, Any]) -> RunConfi
         data = {k.replace("-", "_"): v for k, v in loaded.items()}
         if "prompts" in data and "prompt" not in data:
             data["prompt"] = data.pop("prompts")
-        base = Path(config_file).parent
-        for key in ("input", "out", "manifest"):  # paths in a run file are relative to it
-            if isinstance(data.get(key), str) and not Path(data[key]).is_absolute():
-                data[key] = str(base / data[key])
+        _paths_relative_to(data, Path(config_file).parent)
     given = {k: v for k, v in flags.items() if v is not None and v != [] and v is not False}
     for key, parse in (("var", RunConfig._parse_vars), ("backend_option", RunConfig._parse_backend_options)):
         if key in given and key in data:  # mappings merge, flags win per key
             data[key] = {**parse(data[key]), **parse(given.pop(key))}
     data.update(given)
     where = str(config_file) if config_file else "options"
-    if "input" not in data:
-        raise AutolabelError("missing INPUT: give a folder, manifest or COCO file (or `input:` in --config)")
+    _input_or_manifest(data)
     try:
         config = RunConfig.model_validate(data)
     except ValidationError as e:

@@ -10,13 +10,16 @@ Ray engine, so both engines agree on what a run has left to do.
 from __future__ import annotations
 
 import hashlib
+import json
 import platform
+import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from functools import partial
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -29,12 +32,12 @@ from autolabel.config import RunConfig
 from autolabel.errors import AutolabelError, GroupInputError, InputError
 from autolabel.groups import BadGroup, ImageGroup
 from autolabel.images import decode_image
-from autolabel.labeler import AUTO_BATCH_CPU, Labeler, OomEvent, Predicted
+from autolabel.labeler import AUTO_BATCH_CPU, Asked, Labeler, OomEvent, Predicted, given_variables
 from autolabel.prediction import Prediction
 from autolabel.prefetch import read_ahead
 from autolabel.sources import Source, open_source
-from autolabel.store import PredictionWriter, scan_status
-from autolabel.templates import render
+from autolabel.store import PredictionWriter, scan_lines
+from autolabel.templates import missing_variables, render
 
 
 @dataclass
@@ -42,7 +45,8 @@ class RunSummary:
     groups: int = 0            # groups seen in this shard/limit
     images: int = 0
     done: int = 0              # predictions written ok in this run
-    already_done: int = 0      # keys skipped because an earlier run finished them
+    already_done: int = 0      # keys skipped because an earlier run finished them with the same ask
+    redone: int = 0            # keys an earlier run finished with another template or variables: done again
     failed: list[tuple[str, str]] = field(default_factory=list)  # (key, reason)
     skipped_files: list[tuple[str, str]] = field(default_factory=list)
     oom: list[OomEvent] = field(default_factory=list)  # out-of-memory retries
@@ -67,11 +71,57 @@ class RunSummary:
 
 
 class Progress:
-    """What the engine reports as it goes; the CLI renders it with rich, tests can count it."""
+    """What the engine reports as it goes; the CLI renders it with rich, tests can count it.
 
-    def start(self, total_groups: int | None) -> None: ...
+    `start` gets the groups of this shard/limit and how many of them earlier runs finished;
+    `advance` is called as lines reach the disk: `groups` whose every line is now written (with
+    their `images`), and `failed` lines among those just written."""
+
+    def start(self, total_groups: int | None, finished: int = 0) -> None: ...
     def advance(self, groups: int, images: int, failed: int) -> None: ...
     def stop(self) -> None: ...
+
+
+class GroupsWritten:
+    """Which groups have every line on disk: a group counts as labelled when its last line is
+    written, not when it is queued. Filled from the reading thread, drained by the writer's."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._owners: dict[str, deque[list[int]]] = {}  # key -> [lines left, images] of its group
+
+    def expect(self, keys: list[str], images: int) -> None:
+        entry = [len(keys), images]
+        with self._lock:
+            for key in keys:
+                self._owners.setdefault(key, deque()).append(entry)
+
+    def written(self, lines: list[Prediction]) -> tuple[int, int]:
+        """Groups (and their images) that `lines` finished."""
+        groups = images = 0
+        with self._lock:
+            for line in lines:
+                owners = self._owners.get(line.key)
+                if not owners:
+                    continue
+                entry = owners.popleft()
+                if not owners:
+                    del self._owners[line.key]
+                entry[0] -= 1
+                if entry[0] == 0:
+                    groups += 1
+                    images += entry[1]
+        return groups, images
+
+
+@dataclass
+class Plan:
+    """What a run has to do, found in one pass over the source before anything loads or is written."""
+
+    total: int = 0     # groups in this shard/limit
+    finished: int = 0  # of them, every key done by an earlier run with the same ask
+    work: int = 0      # groups with something to label (the model is needed)
+    bad: int = 0       # groups the source could not build (error lines, no model)
 
 
 @dataclass
@@ -88,11 +138,6 @@ def shard_of(group_id: str, n: int) -> int:
     return int.from_bytes(hashlib.sha1(group_id.encode()).digest()[:8], "big") % n
 
 
-def done_keys(run_dirs: list[Path]) -> set[str]:
-    """Keys finished by any earlier run into these directories, whichever engine wrote them."""
-    return {k for k, s in scan_status(run_dirs).items() if s == "ok"}
-
-
 def planned_groups(config: RunConfig, source: Source) -> Iterator[ImageGroup | BadGroup]:
     """The groups of this shard, up to --limit, in source order."""
     taken = 0
@@ -105,17 +150,58 @@ def planned_groups(config: RunConfig, source: Source) -> Iterator[ImageGroup | B
         yield group
 
 
-def todo_groups(groups: Iterator[ImageGroup | BadGroup], labeler: Labeler, done: set[str],
-                summary: RunSummary, progress: Progress) -> Iterator[ImageGroup | BadGroup]:
-    """Groups with at least one key left to do; the rest are counted, not decoded."""
+def todo_groups(groups: Iterator[ImageGroup | BadGroup], labeler: Labeler, done: Mapping[str, Asked],
+                summary: RunSummary) -> Iterator[ImageGroup | BadGroup]:
+    """Groups with at least one key left to do (or done with another ask); the rest are counted,
+    not decoded."""
     for group in groups:
-        keys = labeler.keys(group.id)
-        finished = sum(k in done for k in keys)
-        summary.already_done += finished
-        if not isinstance(group, BadGroup) and finished == len(keys):
-            progress.advance(1, len(group.images), 0)
+        same, changed = labeler.finished_keys(group, done)
+        summary.already_done += len(same)
+        summary.redone += len(changed)
+        if not isinstance(group, BadGroup) and len(same) == len(labeler.templates):
             continue
         yield group
+
+
+def plan_run(config: RunConfig, source: Source, labeler: Labeler, done: Mapping[str, Asked]) -> Plan:
+    """Count the run's groups and what is left, and refuse, before anything loads, a run that
+    cannot label anything: an input with no groups at all, or a template variable that neither
+    --var, a default nor any group left to do gives (every group would fail alone)."""
+    plan = Plan()
+    seen = 0
+
+    def every_group() -> Iterator[ImageGroup | BadGroup]:
+        nonlocal seen
+        for group in source:
+            seen += 1
+            yield group
+
+    unset = {name: t.name for t in labeler.templates for name in missing_variables(t, config.var)}
+    given: set[str] = set()
+    for group in planned_groups(config, every_group()):
+        plan.total += 1
+        if isinstance(group, BadGroup):
+            plan.bad += 1
+            continue
+        same, _ = labeler.finished_keys(group, done)
+        if len(same) == len(labeler.templates):
+            plan.finished += 1
+            continue
+        plan.work += 1
+        if unset:
+            given |= unset.keys() & given_variables(config.var, group).keys()
+    if seen == 0:
+        skipped = source.stats.skipped
+        why = "; ".join(f"{f}: {r}" for f, r in skipped[:3]) + (f"; ... {len(skipped) - 3} more" if len(skipped) > 3 else "")
+        raise AutolabelError(f"{config.manifest or config.input}: nothing to label: no images found"
+                             + (f" ({len(skipped)} files skipped: {why})" if skipped else ""))
+    needed = sorted(set(unset) - given)
+    if needed and plan.work:
+        name = needed[0]
+        also = f" (and {', '.join(repr(n) for n in needed[1:])})" if needed[1:] else ""
+        raise AutolabelError(f"template {unset[name]!r} needs variable {name!r}{also}, which has no default: "
+                             f"give it with --var {name}=VALUE (or per group in a manifest's `variables`)")
+    return plan
 
 
 def decode_group(group: ImageGroup | BadGroup, max_pixels: int) -> Decoded:
@@ -152,6 +238,8 @@ class Engine:
         self.progress = progress or Progress()
         self.labeler = Labeler(config, backend_factory)
         self.engine_info: dict = {}  # what run.json records of the engine beyond its name and batch size
+        self._written = GroupsWritten()
+        self._status: dict[str, str] = {}  # key -> status of its last line in the run directory
 
     @property
     def backend(self) -> Backend:
@@ -159,32 +247,53 @@ class Engine:
 
     # -- the run --------------------------------------------------------------------------
     def run(self) -> RunSummary:
-        """Open the source and the run directory, label what is left (`_process`), record run.json."""
+        """Plan and check (nothing is loaded or written before), open the run directory, label what
+        is left (`_process`), and record the invocation in run.json however it ends."""
         cfg = self.config
         t0 = time.perf_counter()
+        started = _now()
         source = open_source(cfg.input, manifest=cfg.manifest, group_by=cfg.group_by,
                              allow_outside_root=cfg.allow_outside_root)
+        lines = scan_lines([cfg.out]) if cfg.out.is_dir() else {}
+        done = {} if cfg.overwrite else {k: (h, v) for k, (status, h, v) in lines.items() if status == "ok"}
+        plan = plan_run(cfg, source, self.labeler, done)
+        if plan.work:
+            from autolabel.preflight import check_run
+
+            check_run(cfg)
         writer = PredictionWriter(cfg.out, cfg.shard_name)
+        self._status = {key: line[0] for key, line in lines.items()}
+        del lines
         summary = RunSummary()
         run_id = uuid.uuid4().hex[:12]
+        history = _earlier_invocations(writer.info_path)
+        ending: dict = {"outcome": "interrupted", "message": "stopped (Ctrl-C or a signal) before the end"}
         try:
-            done = set() if cfg.overwrite else done_keys([cfg.out])
-            writer.write_info(self._run_info(run_id, source, summary, finished=False))
-            total = None if cfg.quiet else sum(1 for _ in planned_groups(cfg, source))
-            self.progress.start(total)
+            writer.write_info(self._run_info(run_id, source, summary, history, started, {"outcome": "running"}))
+            self.progress.start(plan.total, plan.finished)
             self._process(source, writer, done, summary)
             summary.skipped_files = list(source.stats.skipped)
+            ending = {"outcome": "completed", "exit_code": summary.exit_code}
+        except KeyboardInterrupt:
+            raise
+        except AutolabelError as e:
+            ending = {"outcome": "error", "exit_code": 2, "message": str(e)}
+            raise
+        except BaseException as e:
+            ending = {"outcome": "error", "message": f"{type(e).__name__}: {e}"}
+            raise
         finally:
             self.progress.stop()
             summary.wall_s = time.perf_counter() - t0
             self.labeler.close()
             try:
-                writer.write_info(self._run_info(run_id, source, summary, finished=True))
+                writer.write_info(self._run_info(run_id, source, summary, history, started,
+                                                 {**ending, "ended": _now()}))
             finally:
                 writer.close()
         return summary
 
-    def _process(self, source: Source, writer: PredictionWriter, done: set[str],
+    def _process(self, source: Source, writer: PredictionWriter, done: Mapping[str, Asked],
                  summary: RunSummary) -> None:
         """Label the groups of `source` not in `done`, writing lines and counting them in `summary`."""
         cfg = self.config
@@ -230,17 +339,19 @@ class Engine:
                     in_flight.add(requesters.submit(self.labeler.predict, [request]))
                 collect(cfg.concurrency)
 
-            todo = todo_groups(planned_groups(cfg, source), self.labeler, done, summary, self.progress)
+            todo = todo_groups(planned_groups(cfg, source), self.labeler, done, summary)
             for decoded in read_ahead(todo, partial(decode_group, max_pixels=cfg.max_pixels), decoders, window):
                 group = decoded.group
                 summary.groups += 1
                 if isinstance(group, BadGroup) or decoded.error is not None:
                     lines = failure_lines(self.labeler, decoded)
+                    self._written.expect([line.key for line in lines], 0)
                     write_behind_model(lambda lines=lines: lines)
-                    self.progress.advance(1, 0, 0)
                     continue
                 summary.images += len(group.images)
-                requests, failures = self.labeler.requests(group, decoded.images, skip=done, decode_s=decoded.seconds)
+                skip, _ = self.labeler.finished_keys(group, done)
+                requests, failures = self.labeler.requests(group, decoded.images, skip=skip, decode_s=decoded.seconds)
+                self._written.expect([r.key for r in requests] + [f.key for f in failures], len(group.images))
                 if failures:
                     write_behind_model(lambda failures=failures: failures)
                 if streaming:
@@ -250,7 +361,6 @@ class Engine:
                     if batch and len(batch) >= self.labeler.batch_size:
                         flush(batch)
                         batch = []
-                self.progress.advance(1, len(group.images), 0)
             if batch:
                 flush(batch)
             if requesters is not None:
@@ -264,16 +374,49 @@ class Engine:
                summary: RunSummary) -> None:
         lines = make_lines()
         writer.write(lines)
-        self.progress.advance(0, 0, summary.count(lines))
+        self.written(lines, summary.count(lines))
 
-    def _run_info(self, run_id: str, source: Source, summary: RunSummary, *, finished: bool) -> dict:
-        return run_info(self.config, self.labeler, source, summary, run_id=run_id, finished=finished,
-                        engine=self.name, engine_info=self.engine_info)
+    def written(self, lines: list[Prediction], failed: int) -> None:
+        """Lines now on disk: the directory's totals and the progress move (groups when complete)."""
+        for line in lines:
+            self._status[line.key] = line.status
+        groups, images = self._written.written(lines)
+        self.progress.advance(groups, images, failed)
+
+    def _run_info(self, run_id: str, source: Source, summary: RunSummary, history: list[dict], started: str,
+                  ending: dict) -> dict:
+        info = run_info(self.config, self.labeler, source, summary, run_id=run_id,
+                        finished=ending["outcome"] == "completed", engine=self.name, engine_info=self.engine_info)
+        this = {"run_id": run_id, "started": started, **ending, "engine": self.name,
+                "options": info["parameters"], "counts": info["counts"]}
+        statuses = list(self._status.values())
+        return {**info, "invocations": [*history, this],
+                "totals": {"keys": len(statuses), "done": statuses.count("ok"), "failed": statuses.count("error")}}
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _earlier_invocations(info_path: Path) -> list[dict]:
+    """The invocations an existing run.json records; one written before they were kept becomes one."""
+    try:
+        info = json.loads(info_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    if not isinstance(info, dict):
+        return []
+    if isinstance(info.get("invocations"), list):
+        return info["invocations"]
+    return [{"run_id": info.get("run_id"), "started": None, "ended": None,
+             "outcome": "completed" if info.get("finished") else "unknown", "engine": (info.get("engine") or {}).get("name"),
+             "options": info.get("parameters"), "counts": info.get("counts")}]
 
 
 def run_info(config: RunConfig, labeler: Labeler, source: Source, summary: RunSummary, *, run_id: str,
              finished: bool, engine: str, engine_info: dict | None = None) -> dict:
-    """What run.json records: provenance, parameters, counts, timings, out-of-memory retries."""
+    """What run.json records of the latest invocation: provenance, parameters, counts, timings,
+    out-of-memory retries (the engine adds every invocation and the directory's totals)."""
     templates = {}
     for t in labeler.templates:
         try:
@@ -295,7 +438,7 @@ def run_info(config: RunConfig, labeler: Labeler, source: Source, summary: RunSu
         "parameters": config.model_dump(mode="json"),
         "engine": {"name": engine, "batch_size": summary.batch_size, **(engine_info or {})},
         "counts": {"groups": summary.groups, "images": summary.images, "done": summary.done,
-                   "already_done": summary.already_done, "failed": len(summary.failed),
+                   "already_done": summary.already_done, "redone": summary.redone, "failed": len(summary.failed),
                    "skipped_files": len(source.stats.skipped)},
         "timings": {"wall_s": round(summary.wall_s, 3), "predict_s": round(summary.predict_s, 3),
                     **labeler.stats()},

@@ -5,11 +5,15 @@ from __future__ import annotations
 import os
 import re
 import sys
+import time
+from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress as _RichProgress, TextColumn, TimeElapsedColumn, \
-    TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress as _RichProgress, ProgressColumn, TextColumn, \
+    TimeElapsedColumn, TimeRemainingColumn
+from rich.text import Text
 
 from autolabel.engine import Progress, RunSummary
 
@@ -29,39 +33,58 @@ def silence_library_progress() -> None:
 
 
 class RichProgress(Progress):
-    """Groups done of total, groups/s, images/s, failures and ETA; silent with `--quiet`."""
+    """Groups labelled of total, groups/s, images/s, failures and ETA; silent with `--quiet`.
 
-    def __init__(self, console: Console, enabled: bool = True):
+    Everything shown comes from finished work: a group counts when its last line is on disk, the
+    rates are those groups (and their images) over the time since the start, the ETA is the groups
+    left at that rate (`-` until one is done), failures count as their lines are written. Groups
+    an earlier run finished start the bar without entering the rates."""
+
+    def __init__(self, console: Console, enabled: bool = True, clock: Callable[[], float] = time.monotonic):
         self.console = console
         self.enabled = enabled
+        self.clock = clock
         self._bar: _RichProgress | None = None
         self._task = None
-        self._images = 0
-        self._failed = 0
+        self._start = 0.0
+        self._total: int | None = None
+        self._finished = self._groups = self._images = self._failed = 0
 
-    def start(self, total_groups: int | None) -> None:
+    def start(self, total_groups: int | None, finished: int = 0) -> None:
+        self._start = self.clock()
+        self._total, self._finished = total_groups, finished
+        self._groups = self._images = self._failed = 0
         if not self.enabled:
             return
         self._bar = _RichProgress(
             TextColumn("[bold]labelling"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[rates]}"), TextColumn("[red]{task.fields[failed]}"),
-            TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+            _Live(lambda: self.rates), _Live(lambda: f"[red]{self._failed} failed[/]" if self._failed else ""),
+            TimeElapsedColumn(), _Live(lambda: f"eta {self.eta}"),
             console=self.console, transient=False,
         )
         self._bar.start()
-        self._task = self._bar.add_task("groups", total=total_groups, rates="", failed="")
+        self._task = self._bar.add_task("groups", total=total_groups, completed=finished)
 
     def advance(self, groups: int, images: int, failed: int) -> None:
-        if self._bar is None:
-            return
+        self._groups += groups
         self._images += images
         self._failed += failed
-        task = self._bar.tasks[0]
-        elapsed = max(task.elapsed or 0.0, 1e-6)
-        done = task.completed + groups
-        self._bar.update(self._task, advance=groups,
-                         rates=f"{done / elapsed:.2f} groups/s {self._images / elapsed:.1f} img/s",
-                         failed=f"{self._failed} failed" if self._failed else "")
+        if self._bar is not None:
+            self._bar.update(self._task, advance=groups)
+
+    @property
+    def rates(self) -> str:
+        elapsed = max(self.clock() - self._start, 1e-6)
+        return f"{self._groups / elapsed:.2f} groups/s {self._images / elapsed:.1f} img/s"
+
+    @property
+    def eta(self) -> str:
+        """The groups left at the rate of those labelled so far; `-` before the first one."""
+        if not self._groups or self._total is None:
+            return "-"
+        left = max(self._total - self._finished - self._groups, 0)
+        seconds = round(left * (self.clock() - self._start) / self._groups)
+        return str(timedelta(seconds=seconds))
 
     def stop(self) -> None:
         if self._bar is not None:
@@ -69,11 +92,23 @@ class RichProgress(Progress):
             self._bar = None
 
 
+class _Live(ProgressColumn):
+    """A column whose text is computed when the bar redraws, so rates fall while nothing lands."""
+
+    def __init__(self, text: Callable[[], str]):
+        super().__init__()
+        self._text = text
+
+    def render(self, task) -> Text:
+        return Text.from_markup(self._text())
+
+
 def print_summary(console: Console, summary: RunSummary, out: Path, max_listed: int = 50) -> None:
     """The counts, then every failed group with its reason (capped, with the rest counted)."""
     console.print(
         f"groups {summary.groups}  images {summary.images}  labelled {summary.done}  "
-        f"already done {summary.already_done}  failed {len(summary.failed)}  "
+        + (f"(redone {summary.redone}: done before with another template or variables)  " if summary.redone else "")
+        + f"already done {summary.already_done}  failed {len(summary.failed)}  "
         f"skipped files {len(summary.skipped_files)}  in {summary.wall_s:.1f}s -> {out}",
         highlight=False,
     )

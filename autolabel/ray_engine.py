@@ -18,7 +18,7 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ from autolabel.engine import Engine, Progress, RunSummary, decode_group, failure
     todo_groups
 from autolabel.errors import AutolabelError, GroupInputError, InputError
 from autolabel.groups import BadGroup, ImageGroup
-from autolabel.labeler import AUTO_BATCH_START, Labeler, OomEvent
+from autolabel.labeler import AUTO_BATCH_START, Asked, Labeler, OomEvent
 from autolabel.sources import Source
 from autolabel.store import PredictionWriter
 
@@ -65,7 +65,8 @@ class RayEngine(Engine):
         import_ray()  # missing Ray is a usage error before anything is written
         return super().run()
 
-    def _process(self, source: Source, writer: PredictionWriter, done: set[str], summary: RunSummary) -> None:
+    def _process(self, source: Source, writer: PredictionWriter, done: Mapping[str, Asked],
+                 summary: RunSummary) -> None:
         todo_path = self.config.out / f".todo-{uuid.uuid4().hex[:12]}.jsonl"
         try:
             if self._plan(source, writer, done, summary, todo_path):
@@ -75,20 +76,22 @@ class RayEngine(Engine):
         finally:
             todo_path.unlink(missing_ok=True)
 
-    def _plan(self, source, writer: PredictionWriter, done: set[str], summary: RunSummary, todo_path: Path) -> int:
+    def _plan(self, source, writer: PredictionWriter, done: Mapping[str, Asked], summary: RunSummary,
+              todo_path: Path) -> int:
         """Write the groups left to do to the todo file; groups the source could not build are
         written as error lines here. Returns how many groups the workers get."""
         n = 0
         with todo_path.open("w", encoding="utf-8") as f:
-            for group in todo_groups(planned_groups(self.config, source), self.labeler, done, summary, self.progress):
+            for group in todo_groups(planned_groups(self.config, source), self.labeler, done, summary):
                 summary.groups += 1
                 if isinstance(group, BadGroup):  # its other images are decoded here only to name their problems
                     lines = failure_lines(self.labeler, decode_group(group, self.config.max_pixels))
                     writer.write(lines)
-                    self.progress.advance(1, 0, summary.count(lines))
+                    self._written.expect([line.key for line in lines], 0)
+                    self.written(lines, summary.count(lines))
                     continue
-                skip = [k for k in self.labeler.keys(group.id) if k in done]
-                f.write(json.dumps({"group": group.to_json(), "skip": skip}, ensure_ascii=False) + "\n")
+                skip, _ = self.labeler.finished_keys(group, done)
+                f.write(json.dumps({"group": group.to_json(), "skip": sorted(skip)}, ensure_ascii=False) + "\n")
                 n += 1
         return n
 
@@ -141,6 +144,8 @@ class RayEngine(Engine):
                 summary.oom += [OomEvent(**e) for e in report["oom"]]
                 if report["batch_size"]:  # the smallest any worker settled on
                     summary.batch_size = min(summary.batch_size or report["batch_size"], report["batch_size"])
+                for key, status in report["keys"]:  # a worker's batch is on disk: whole groups
+                    self._status[key] = status
                 self.progress.advance(report["groups"], report["images"], len(report["failed"]))
 
 
@@ -202,5 +207,6 @@ class LabelWorker:
         self.writer.write(lines)  # on disk before the batch counts as done
         report.count(lines)
         return {"report": [json.dumps({"groups": len(batch["todo"]), "images": report.images, "done": report.done,
+                                       "keys": [[line.key, line.status] for line in lines],
                                        "failed": report.failed, "predict_s": report.predict_s,
                                        "oom": [e.to_json() for e in report.oom], "batch_size": report.batch_size})]}

@@ -92,9 +92,9 @@ def _compile_group_by(regex: str) -> re.Pattern:
     try:
         pattern = re.compile(regex)
     except re.error as e:
-        raise AutolabelError(f"--group-by {regex!r}: not a valid regex: {e}") from None
+        raise AutolabelError(f"--group-by '{regex}': not a valid regex: {e}") from None
     if "key" not in pattern.groupindex:
-        raise AutolabelError(f"--group-by {regex!r}: needs a named group `key`, e.g. '(?P<key>scene_\\d+)_'")
+        raise AutolabelError(f"--group-by '{regex}': needs a named group `key`, e.g. '(?P<key>scene_\\d+)_'")
     return pattern
 
 

@@ -43,12 +43,21 @@ def _iter_lines(path: Path) -> Iterator[tuple[int, dict]]:
 
 def scan_status(run_dirs: Iterable[Path]) -> dict[str, str]:
     """key -> status of its last line, reading only what resume and reports need."""
-    status: dict[str, str] = {}
+    return {key: line[0] for key, line in scan_lines(run_dirs).items()}
+
+
+def scan_lines(run_dirs: Iterable[Path]) -> dict[str, tuple[str, str, dict[str, str]]]:
+    """key -> (status, template hash, variables) of its last line: what resume compares with what a
+    rerun would ask. Equal variable mappings share one object, so memory stays one entry per key."""
+    lines: dict[str, tuple[str, str, dict[str, str]]] = {}
+    shared: dict[tuple, dict[str, str]] = {}
     for run_dir in run_dirs:
         for path in prediction_files(Path(run_dir)):
             for _, d in _iter_lines(path):
-                status[d["key"]] = d.get("status", "ok")
-    return status
+                variables = d.get("variables") or {}
+                variables = shared.setdefault(tuple(sorted(variables.items())), variables)
+                lines[d["key"]] = (d.get("status", "ok"), d.get("template_hash", ""), variables)
+    return lines
 
 
 def read_predictions(run_dirs: Iterable[Path]) -> Iterator[Prediction]:

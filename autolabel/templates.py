@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
@@ -47,14 +47,17 @@ class AnswerRules(_Strict):
     images: Literal["all", "first", "others"] | list[int] = "all"
     max_targets: int = Field(16, ge=1)
 
-    def allowed_images(self, n_images: int) -> list[int]:
-        """1-based image numbers that may hold targets in a group of `n_images`."""
+    def allowed_images(self, n_images: int, exemplars: tuple[int, ...] = ()) -> list[int]:
+        """1-based image numbers that may hold targets in a group of `n_images`. `others` means every
+        image without an exemplar (`exemplars`, 1-based; the first image when none is marked), and
+        every image when all of them are marked."""
         if self.images == "all":
             return list(range(1, n_images + 1))
         if self.images == "first":
             return [1]
         if self.images == "others":
-            return list(range(2, n_images + 1)) or [1]
+            marked = set(exemplars) or {1}
+            return [i for i in range(1, n_images + 1) if i not in marked] or list(range(1, n_images + 1))
         return [i for i in self.images if 1 <= i <= n_images]
 
 
@@ -110,6 +113,9 @@ class RenderedPrompt:
     rules: AnswerRules
     allowed_images: tuple[int, ...]  # 1-based
     visual_prompt: bool
+    # the variables the template uses, as rendered (given, else the template's default): what the
+    # model was asked, stored on the prediction line so a rerun can tell when that changed
+    variables: dict[str, str] = field(default_factory=dict)
 
     @property
     def categories(self) -> list[str]:
@@ -165,15 +171,76 @@ def _jinja():
                                          keep_trailing_newline=False)
 
 
+# names every render provides itself; a template's own variables are the other names it uses
+CONTEXT_NAMES = frozenset({"num_images", "group_id", "images", "files", "exemplar_images"})
+
+
+def used_variable_names(template: Template) -> frozenset[str]:
+    """The variables a template's text and ontology refer to (context names excluded)."""
+    key = template.content_hash
+    if key not in _USED_NAMES:
+        from jinja2 import TemplateSyntaxError, meta
+
+        texts = [template.system, *(t.text for t in template.turns)]
+        spec = template.ontology
+        texts += (list(spec) + list(spec.values()) if isinstance(spec, dict) else
+                  list(spec) if isinstance(spec, list) else [spec] if spec else [])
+        names: set[str] = set()
+        for text in texts:
+            try:
+                names |= meta.find_undeclared_variables(_jinja().parse(text))
+            except TemplateSyntaxError:
+                continue  # render names the error
+        _USED_NAMES[key] = frozenset(names - CONTEXT_NAMES)
+    return _USED_NAMES[key]
+
+
+_USED_NAMES: dict[str, frozenset[str]] = {}
+
+
+def used_variables(template: Template, given: dict[str, str] | None) -> dict[str, str]:
+    """The values a render uses: each variable the template refers to, given or else its default."""
+    given = given or {}
+    out = {}
+    for name in sorted(used_variable_names(template)):
+        spec = template.variables.get(name)
+        if name in given:
+            out[name] = str(given[name])
+        elif spec is not None and spec.default is not None:
+            out[name] = spec.default
+    return out
+
+
+def missing_variables(template: Template, given: dict[str, str] | None) -> list[str]:
+    """Variables the template needs that are neither given nor defaulted (a render would fail on
+    them); one guarded by `is defined` in every branch is not needed."""
+    values = used_variables(template, given)
+    unset = sorted(used_variable_names(template) - values.keys())
+    if not unset:
+        return []
+    needed = set()
+    for n_images in (1, 2, 3):
+        try:
+            render(template, n_images=n_images, variables=given)
+        except AutolabelError as e:
+            needed |= {name for name in unset if f"'{name}' is undefined" in str(e)}
+    return [name for name in unset if name in needed]
+
+
 def render(template: Template, *, n_images: int, variables: dict[str, str] | None = None,
-           group_id: str = "", files: list[str] | None = None) -> RenderedPrompt:
-    """Render every turn and the ontology for one group; a missing variable names itself."""
+           group_id: str = "", files: list[str] | None = None, exemplars: tuple[int, ...] = ()) -> RenderedPrompt:
+    """Render every turn and the ontology for one group; a missing variable names itself.
+
+    `exemplars` are the 1-based numbers of the images that carry a visual prompt; templates see
+    them as `exemplar_images` ("Image 2", ...; "Image 1" when none is marked)."""
     from jinja2 import TemplateError, UndefinedError
 
     values = {k: v.default for k, v in template.variables.items() if v.default is not None}
     values.update(variables or {})
+    marked = tuple(sorted(set(exemplars))) or (1,)
     context = {**values, "num_images": n_images, "group_id": group_id,
-               "images": [f"Image {i}" for i in range(1, n_images + 1)], "files": files or []}
+               "images": [f"Image {i}" for i in range(1, n_images + 1)], "files": files or [],
+               "exemplar_images": [f"Image {i}" for i in marked]}
     env = _jinja()
 
     def _render(text: str, where: str) -> str:
@@ -189,9 +256,10 @@ def render(template: Template, *, n_images: int, variables: dict[str, str] | Non
                   for i, t in enumerate(template.turns))
     system = _render(template.system, "system") if template.system else ""
     ontology = _render_ontology(template.ontology, lambda s: _render(s, "ontology"))
-    allowed = tuple(template.answer.allowed_images(n_images))
+    allowed = tuple(template.answer.allowed_images(n_images, tuple(exemplars)))
     return RenderedPrompt(template.name, template.content_hash, template.category, system, turns,
-                          ontology, template.answer, allowed, template.visual_prompt)
+                          ontology, template.answer, allowed, template.visual_prompt,
+                          used_variables(template, variables))
 
 
 def _render_ontology(spec, render_str) -> dict[str, str]:

@@ -236,14 +236,25 @@ def test_second_writer_on_the_same_run_dir_is_refused(tmp_path):
         w.close()
 
 
-def test_missing_template_variable_is_a_per_group_error(tmp_path):
+def test_a_required_variable_nobody_gives_is_a_usage_error_before_anything_loads(tmp_path):
+    """Without --var and with no group to give it, every group would fail alone: refused up front
+    (nothing loaded, nothing written); in a manifest where some groups give it, only the others fail."""
     data = make_groups(tmp_path / "data", 2)
     tpl = tmp_path / "q.yaml"
     tpl.write_text("name: q\nturns: ['{{ question }}']\n")
-    _, s = run(data, tmp_path / "run", str(tpl))
-    assert s.exit_code == 1 and "question" in s.failed[0][1]
+    before = len(BoxBackend.instances)
+    with pytest.raises(AutolabelError, match=r"template 'q' needs variable 'question'.*--var question="):
+        run(data, tmp_path / "run", str(tpl))
+    assert len(BoxBackend.instances) == before and not (tmp_path / "run").exists()
+    with pytest.raises(AutolabelError, match="'question'"):  # the built-in that has no default
+        run(data, tmp_path / "run", "open-ended")
     _, s = run(data, tmp_path / "run2", str(tpl), var={"question": "what?"})
     assert s.exit_code == 0
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(json.dumps({"id": "asks", "images": ["data/g000/img1.png"], "variables": {"question": "why?"}})
+                        + "\n" + json.dumps({"id": "silent", "images": ["data/g001/img1.png"]}) + "\n")
+    _, s = run(manifest, tmp_path / "run3", str(tpl))
+    assert s.done == 1 and [k for k, _ in s.failed] == ["silent|q|test/box-v1"] and "question" in s.failed[0][1]
 
 
 def test_memory_window_is_bounded(tmp_path, template, monkeypatch):

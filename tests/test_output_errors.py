@@ -60,17 +60,27 @@ def test_folder_exports_to_an_existing_file(tmp_path: Path, run_dir: Path, comma
     assert target.read_text() == "keep me"
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere: no unwritable folder to test with")
 @pytest.mark.parametrize("command", [["export", "coco"], *EXPORTS_TO_FOLDERS], ids=lambda c: c[1])
-def test_unwritable_output_folder(tmp_path: Path, run_dir: Path, command: list[str]):
+def test_unwritable_output_folder(tmp_path: Path, run_dir: Path, command: list[str], monkeypatch, capsys):
+    """Each export refuses a folder it cannot write, in one line, before writing anything. Run in
+    process with the folder made read-only where the check asks (os.access), so it holds as root,
+    whom permission bits do not stop."""
+    from autolabel import cli as cli_module
+    from autolabel import store
+
     locked = tmp_path / "locked"
     locked.mkdir()
-    locked.chmod(0o500)
-    try:
-        out = locked / ("coco.json" if command[1] == "coco" else "out")
-        assert_one_line_error(cli(*command, str(run_dir), "-o", str(out)), "not writable")
-    finally:
-        locked.chmod(0o700)
+    real_access = os.access
+    monkeypatch.setattr(store.os, "access", lambda path, mode: Path(path) != locked and real_access(path, mode))
+    out = locked / ("coco.json" if command[1] == "coco" else "out")
+    monkeypatch.setattr(sys, "argv", ["autolabel", *command, str(run_dir), "-o", str(out)])
+    with pytest.raises(SystemExit) as exit_info:
+        cli_module.main()
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and "not writable" in err and str(locked) in err
+    assert list(locked.iterdir()) == []
 
 
 def test_a_failing_write_during_an_export_is_one_line(tmp_path: Path, run_dir: Path, monkeypatch, capsys):

@@ -1,8 +1,8 @@
 """COCO segm AP, AP50 and AP75 by pycocotools' COCOeval, over every (labelling, image).
 
 Each labelling's view of an image becomes its own COCO image, so two templates that label the
-same image are scored as two answers, as in the other metrics; GT instances outside a
-labelling's scope are left out of its images. Categories GT lacks cannot have an AP (COCOeval
+same image are scored as two answers, as in the other metrics, each against its own GT when GT is
+per labelling; GT instances outside a labelling's scope are left out of its images. Categories GT lacks cannot have an AP (COCOeval
 needs GT of a category to rank its detections), so their masks do not enter AP; they still count
 as false positives in gIoU and cIoU. The COCO structures reference the loaded RLEs, no copies.
 """
@@ -39,7 +39,7 @@ class CocoAP:
                 view = len(images) + 1
                 images.append({"id": view, "height": image.height, "width": image.width})
                 self._images_of.setdefault(lab.key, []).append(view)
-                for name, instances in gt.instances.get(image_id, {}).items():
+                for name, instances in gt.truth_for(lab.group_id, lab.template, image_id).items():
                     if lab.scope is None or name in lab.scope:
                         for t in instances:
                             truth.append(_annotation(len(truth) + 1, view, gt.category_ids[name], t.rle,

@@ -39,6 +39,9 @@ def evaluate(pred: Path, gt: Path, *, iou_threshold: float = 0.5) -> EvalResult:
     for lab in predictions.labellings:
         for scope in (("template", lab.template), ("reasoning", lab.reasoning)):
             members[scope].append(lab.key)
+        if truth.labellings is not None and not truth.per_labelling(lab.group_id, lab.template):
+            warnings.add("labellings whose group and template GT `groups` do not list, judged against every "
+                         "GT mask of their images", repr(lab.key))
         total = count = 0
         for sample in score_labelling(lab, truth):
             for scope in (OVERALL, ("category", sample.category), ("template", lab.template),

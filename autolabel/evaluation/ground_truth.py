@@ -1,4 +1,10 @@
-"""The ground truth: a COCO file read into per-image, per-category instances (RLEs, never decoded)."""
+"""The ground truth: a COCO file read into per-image, per-category instances (RLEs, never decoded).
+
+GT that says which labelling each mask answers (an autolabel export or a reviewers' `pull`: a
+`groups` list, and `attributes.group_id` / `template` on the annotations) is also kept per
+labelling: a group x template is then judged against its own GT masks only, not against those of
+another template that labelled the same image. Plain COCO GT is per image.
+"""
 
 from __future__ import annotations
 
@@ -29,12 +35,36 @@ class GtInstance:
     crowd: bool = False
 
 
+Instances = dict[str, list[GtInstance]]  # category -> objects on one image
+
+
 @dataclass
 class GroundTruth:
     path: Path
     category_ids: dict[str, int]  # name -> id: PRED categories are mapped by name
     images: dict[int, GtImage]
-    instances: dict[int, dict[str, list[GtInstance]]] = field(default_factory=dict)  # image -> category -> objects
+    instances: dict[int, Instances] = field(default_factory=dict)  # image -> category -> objects (all of them)
+    # (group id, template) -> image -> category -> objects, when GT says which labelling each mask answers
+    labellings: dict[tuple[str, str], dict[int, Instances]] | None = None
+    unattributed: dict[int, Instances] = field(default_factory=dict)  # per-labelling GT: masks naming no labelling
+
+    def per_labelling(self, group_id: str, template: str) -> bool:
+        """Whether this labelling has its own GT (else it is judged against every GT mask of its images)."""
+        return self.labellings is not None and (group_id, template) in self.labellings
+
+    def truth_for(self, group_id: str, template: str, image_id: int) -> Instances:
+        """The GT objects one labelling is judged against on one image: its own (and any naming no
+        labelling) when GT is per labelling and has it, else every GT object of the image."""
+        own = self.labellings.get((group_id, template)) if self.labellings is not None else None
+        if own is None:
+            return self.instances.get(image_id, {})
+        extra = self.unattributed.get(image_id)
+        if not extra:
+            return own.get(image_id, {})
+        merged = {name: list(objects) for name, objects in own.get(image_id, {}).items()}
+        for name, objects in extra.items():
+            merged.setdefault(name, []).extend(objects)
+        return merged
 
 
 def read_coco_json(path: Path, role: str) -> object:
@@ -77,6 +107,7 @@ def load_ground_truth(path: Path, warnings: CountedWarnings) -> GroundTruth:
         raise AutolabelError(f"{path}: GT `annotations` must be a list")
     category_names = coco_categories(data, path, "GT")
     gt = GroundTruth(path, {name: i for i, name in category_names.items()}, _images(data["images"], path))
+    gt.labellings = _labellings(data, path)
     for k, ann in enumerate(annotations):
         if not isinstance(ann, dict):
             raise AutolabelError(f"{path}: GT annotations[{k}] is not an object")
@@ -97,8 +128,38 @@ def load_ground_truth(path: Path, warnings: CountedWarnings) -> GroundTruth:
             warnings.add("GT crowd annotations: part of gIoU/cIoU masks, not matched as instances "
                          "(COCOeval ignores detections on them)")
         name = category_names[ann["category_id"]]
-        gt.instances.setdefault(image.id, {}).setdefault(name, []).append(GtInstance(rle, crowd))
+        instance = GtInstance(rle, crowd)
+        gt.instances.setdefault(image.id, {}).setdefault(name, []).append(instance)
+        if gt.labellings is not None:
+            attributes = ann.get("attributes") if isinstance(ann.get("attributes"), dict) else {}
+            owner = gt.labellings.get((str(attributes.get("group_id", "")), str(attributes.get("template", ""))))
+            if owner is None or image.id not in owner:
+                warnings.add("GT masks naming no labelling of GT `groups` (on its images), judged as GT of every "
+                             "labelling of their image", where)
+                owner = gt.unattributed
+            owner.setdefault(image.id, {}).setdefault(name, []).append(instance)
     return gt
+
+
+def _labellings(data: dict, path: Path) -> dict[tuple[str, str], dict[int, Instances]] | None:
+    """(group id, template) -> {image id: {}} for GT whose `groups` name their templates (an autolabel
+    export or pull), else None (plain COCO: GT is per image). Failed groups are no labelling."""
+    groups = data.get("groups")
+    if not isinstance(groups, list) or not groups:
+        return None
+    labellings: dict[tuple[str, str], dict[int, Instances]] = {}
+    for k, group in enumerate(groups):
+        if not isinstance(group, dict) or not isinstance(group.get("image_ids"), list):
+            raise AutolabelError(f"{path}: GT groups[{k}] needs `image_ids`")
+        if not group.get("template"):
+            return None  # groups without templates: not an autolabel export, judged per image
+        if group.get("status", "ok") != "ok":
+            continue
+        key = (str(group.get("id", "")), str(group["template"]))
+        images = labellings.setdefault(key, {})
+        for image_id in group["image_ids"]:
+            images.setdefault(image_id, {})
+    return labellings
 
 
 def _images(images: list, path: Path) -> dict[int, GtImage]:

@@ -67,9 +67,9 @@ class Sample:
 
 
 def score_labelling(lab: Labelling, gt: GroundTruth) -> Iterator[Sample]:
-    """Every sample of one labelling, image by image."""
+    """Every sample of one labelling, image by image, against its GT (see GroundTruth.truth_for)."""
     for image_id in lab.images:
-        truth = gt.instances.get(image_id, {})
+        truth = gt.truth_for(lab.group_id, lab.template, image_id)
         masks = lab.masks.get(image_id, {})
         rejected = lab.rejected.get(image_id, set())
         categories = {c for c in truth if lab.scope is None or c in lab.scope} | set(masks) | rejected

@@ -107,6 +107,9 @@ def _from_run_dir(run_dir: Path, gt: GroundTruth, matcher: ImageMatcher, warning
             for r in turn.rejected:
                 on = image_ids if r.image is None else [_at(image_ids, r.image, f"{where}, rejection of {r.label!r}")]
                 lab.reject(on, r.category or r.label)
+        if lab.scope is not None:  # what it was asked for includes what it answered about (an ontology
+            # rendered from the group's own variables, e.g. an exemplar's label, is not in run.json)
+            lab.scope = lab.scope | {c for m in lab.masks.values() for c in m} | {c for r in lab.rejected.values() for c in r}
         if lab.images:
             labellings.append(lab)
     root = info.get("input_root")

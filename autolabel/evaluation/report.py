@@ -127,7 +127,8 @@ def _panels(lab: Labelling, truth: GroundTruth, predictions: PredictionSet,
         categories = {s.category for s in samples if s.image_id == image_id}
         ious = ", ".join(f"{s.category} {s.iou:.2f}" for s in samples if s.image_id == image_id)
         panel = Panel(f"{image.file_name}\n{ious}", image.height, image.width,
-                      [t.rle for c in categories for t in truth.instances.get(image_id, {}).get(c, [])],
+                      [t.rle for c in categories
+                       for t in truth.truth_for(lab.group_id, lab.template, image_id).get(c, [])],
                       [m.rle for c in categories for m in lab.masks.get(image_id, {}).get(c, [])])
         candidates = list(dict.fromkeys(
             ([predictions.image_root / pred_file] if predictions.image_root and pred_file else [])
