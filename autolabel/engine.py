@@ -339,33 +339,43 @@ class Engine:
                     in_flight.add(requesters.submit(self.labeler.predict, [request]))
                 collect(cfg.concurrency)
 
-            todo = todo_groups(planned_groups(cfg, source), self.labeler, done, summary)
-            for decoded in read_ahead(todo, partial(decode_group, max_pixels=cfg.max_pixels), decoders, window):
-                group = decoded.group
-                summary.groups += 1
-                if isinstance(group, BadGroup) or decoded.error is not None:
-                    lines = failure_lines(self.labeler, decoded)
-                    self._written.expect([line.key for line in lines], 0)
-                    write_behind_model(lambda lines=lines: lines)
-                    continue
-                summary.images += len(group.images)
-                skip, _ = self.labeler.finished_keys(group, done)
-                requests, failures = self.labeler.requests(group, decoded.images, skip=skip, decode_s=decoded.seconds)
-                self._written.expect([r.key for r in requests] + [f.key for f in failures], len(group.images))
-                if failures:
-                    write_behind_model(lambda failures=failures: failures)
-                if streaming:
-                    send(requests)
-                else:
-                    batch.extend(requests)
-                    if batch and len(batch) >= self.labeler.batch_size:
-                        flush(batch)
-                        batch = []
-            if batch:
-                flush(batch)
-            if requesters is not None:
-                collect(0)
-                requesters.shutdown()
+            def abandon() -> None:
+                """Ctrl-C or an error: requests not yet sent are dropped; those in flight end when
+                the backend closes its connection (Engine.run), instead of being waited for."""
+                if requesters is not None:
+                    requesters.shutdown(wait=False, cancel_futures=True)
+
+            try:
+                todo = todo_groups(planned_groups(cfg, source), self.labeler, done, summary)
+                for decoded in read_ahead(todo, partial(decode_group, max_pixels=cfg.max_pixels), decoders, window):
+                    group = decoded.group
+                    summary.groups += 1
+                    if isinstance(group, BadGroup) or decoded.error is not None:
+                        lines = failure_lines(self.labeler, decoded)
+                        self._written.expect([line.key for line in lines], 0)
+                        write_behind_model(lambda lines=lines: lines)
+                        continue
+                    summary.images += len(group.images)
+                    skip, _ = self.labeler.finished_keys(group, done)
+                    requests, failures = self.labeler.requests(group, decoded.images, skip=skip, decode_s=decoded.seconds)
+                    self._written.expect([r.key for r in requests] + [f.key for f in failures], len(group.images))
+                    if failures:
+                        write_behind_model(lambda failures=failures: failures)
+                    if streaming:
+                        send(requests)
+                    else:
+                        batch.extend(requests)
+                        if batch and len(batch) >= self.labeler.batch_size:
+                            flush(batch)
+                            batch = []
+                if batch:
+                    flush(batch)
+                if requesters is not None:
+                    collect(0)
+                    requesters.shutdown()
+            except BaseException:
+                abandon()
+                raise
             for f in pending:
                 f.result()
         summary.batch_size = self.labeler.batch_size if self.labeler.loaded else None
