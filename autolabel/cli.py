@@ -83,7 +83,7 @@ def run(
     var: Annotated[Optional[list[str]], typer.Option("--var", help="Template variable KEY=VALUE; repeatable.")] = None,
     device: Annotated[Optional[str], typer.Option(help="cuda, cuda:1, cpu.  \\[default: cuda if available]")] = None,
     dtype: Annotated[Optional[str], typer.Option(help="bf16, fp16, fp32.  \\[default: bf16 on CUDA, fp32 on CPU]")] = None,
-    max_new_tokens: Annotated[Optional[int], typer.Option(help="Cap on generated tokens per turn.  \\[default: 512]")] = None,
+    max_new_tokens: Annotated[Optional[int], typer.Option(help="Cap on generated tokens per turn; an answer cut by it keeps its completed targets and is marked truncated.  \\[default: auto: the longest answer the template's schema allows]")] = None,
     trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code",
                                                     help="Allow model repos to run their own code.")] = False,
     backend_option: Annotated[Optional[list[str]], typer.Option(
@@ -271,13 +271,21 @@ def prompts_render(
     group: Annotated[Optional[str], typer.Option("--group", help="With a manifest or COCO file: the id of the group "
                                                                  "to show, with its exemplars.  \\[default: the first]")]
     = None,
+    chat: Annotated[bool, typer.Option("--chat", help="Print the exact chat the vlm-sam model receives: labelled "
+                                                     "images with their sizes, answer rules, turns, token budget.")] = False,
+    model: Annotated[Optional[str], typer.Option(help="--chat: read image sizes with this model's processor (a local "
+                                                     "directory or cached hub id).  \\[default: assume the default "
+                                                     "model's resize]")] = None,
 ) -> None:
-    """Print exactly what a model would receive for one group."""
+    """Print the template's text rendered for one group; --chat: the exact chat the model receives."""
     from autolabel.config import RunConfig
-    from autolabel.prompt_view import render_for_group
+    from autolabel.prompt_view import chat_for_group, render_for_group
 
     variables = RunConfig._parse_vars(var or [])
-    typer.echo(render_for_group(template, group_dir, variables, group))
+    if model is not None and not chat:
+        raise AutolabelError("--model: only with --chat (the image sizes in the chat come from its processor)")
+    typer.echo(chat_for_group(template, group_dir, variables, model, group) if chat
+               else render_for_group(template, group_dir, variables, group))
 
 
 # -- evaluation -----------------------------------------------------------------------------

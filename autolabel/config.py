@@ -33,7 +33,7 @@ class RunConfig(BaseModel):
     var: dict[str, str] = Field(default_factory=dict)
     device: str | None = None
     dtype: str | None = None
-    max_new_tokens: int = Field(512, ge=1)
+    max_new_tokens: int | None = Field(None, ge=1)  # None: auto (vlm-sam: the schema's longest answer)
     trust_remote_code: bool = False
     backend_option: dict[str, Any] = Field(default_factory=dict)
     allow_outside_root: bool = False

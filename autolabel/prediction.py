@@ -86,9 +86,13 @@ class Prediction:
     timings: dict[str, float] = field(default_factory=dict)
     variables: dict[str, str] = field(default_factory=dict)
     category: str = ""  # the template's reasoning category (functional, spatial, ...)
+    truncated: bool = False  # an answer was cut at the token budget: the line keeps its completed targets
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"), ensure_ascii=False)
+        d = asdict(self)
+        if not self.truncated:  # written only as a warning, on the lines it marks
+            del d["truncated"]
+        return json.dumps(d, separators=(",", ":"), ensure_ascii=False)
 
     @classmethod
     def from_dict(cls, d: dict) -> Prediction:
@@ -103,7 +107,7 @@ class Prediction:
             template=d["template"], template_hash=d["template_hash"], model=d["model"],
             backend=d.get("backend", ""), turns=turns, status=d.get("status", "ok"),
             error=d.get("error"), timings=d.get("timings", {}), variables=d.get("variables", {}),
-            category=d.get("category", ""),
+            category=d.get("category", ""), truncated=bool(d.get("truncated", False)),
         )
 
     @property

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from autolabel.backends.vlm_coords import (CoordinateFrame, ImageFrame, coordinate_frame, grid_input_sizes,
-                                           model_input_size)
+                                           model_input_size, processed_size)
 from autolabel.errors import AutolabelError
 
 SIZES = [(37, 91), (200, 120), (64, 64), (480, 640), (17, 400), (1080, 1920)]  # (height, width)
@@ -68,3 +68,31 @@ def test_relative_frame_is_per_mille_of_each_side():
     np.testing.assert_allclose(frame.to_original(np.array([[500, 100]])), [[100, 30]])
     assert frame.box_from_original([50, 150, 200, 300]) == [250, 500, 1000, 1000]
     assert frame.coord_max == 1000
+
+
+@pytest.mark.parametrize("name", ["qwen2.5-vl tiny", "qwen3-vl small budget"])
+def test_tiny_and_thin_images_get_the_processors_own_size(name):
+    """Told the layout, the processor reads a 1-pixel-high image as one (left to guess, it takes a
+    1 x W x 3 array for channels-first and resized a 1x1 image to 28x56)."""
+    from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
+
+    processor = _processors()[name]
+    factor = processor.patch_size * processor.merge_size
+    size = processor.size
+    for h, w in [(1, 1), (1, 56), (3, 40), (2, 300), (300, 2), (3, 3)]:
+        got = processed_size(processor, np.full((h, w, 3), 200, np.uint8))
+        assert got == smart_resize(h, w, factor, size["shortest_edge"], size["longest_edge"]), (h, w)
+    with pytest.raises(ValueError, match="aspect ratio"):
+        processed_size(processor, np.zeros((1, 4000, 3), np.uint8))
+
+
+def test_server_frames_name_an_image_the_resize_rule_refuses():
+    from autolabel.backends.reasoning import ImageNotAccepted
+    from autolabel.backends.server_reasoner import QWEN25_IMAGE_RULE, ResizeRule, ServerReasoner
+
+    reasoner = object.__new__(ServerReasoner)  # frames() needs only the frame and the rule
+    reasoner.frame, reasoner.rule = CoordinateFrame.PIXELS, ResizeRule(**QWEN25_IMAGE_RULE)
+    assert [f.model_input for f in reasoner.frames([np.zeros((1, 1, 3), np.uint8)])] == [(56, 56)]
+    with pytest.raises(ImageNotAccepted) as e:
+        reasoner.frames([np.zeros((40, 40, 3), np.uint8), np.zeros((4000, 1, 3), np.uint8)])
+    assert e.value.index == 1 and "1x4000 pixels" in e.value.reason and "aspect ratio" in e.value.reason

@@ -6,6 +6,7 @@ that fills each box, so these tests see exactly which prompts reached it.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ import pytest
 import torch
 
 from autolabel.backends import mask_heads
-from autolabel.backends.answer_schema import InvalidAnswer
+from autolabel.backends.answer_schema import target_spans
 from autolabel.backends.base import BackendOptions, Request
 from autolabel.backends.chat import PastTurn, draw_images, mask_box
 from autolabel.backends.local_reasoner import snapshot_revision
@@ -60,9 +61,11 @@ def make_backend(tmp_path_factory, monkeypatch):
 
     monkeypatch.setattr(mask_heads, "load_mask_head", load)
 
-    def make(family="qwen2_5_vl", max_new_tokens=400, **extra) -> VlmSamBackend:
+    def make(family="qwen2_5_vl", max_new_tokens=400, limits=SMALL, **extra) -> VlmSamBackend:
+        """limits=None, max_new_tokens=None: the defaults a user gets."""
         options = BackendOptions(model=str(tiny_vlm(family, tmp_path_factory)), device="cpu",
-                                 max_new_tokens=max_new_tokens, extra={"answer_limits": SMALL, **extra})
+                                 max_new_tokens=max_new_tokens,
+                                 extra={**({"answer_limits": limits} if limits else {}), **extra})
         return VlmSamBackend(options)
 
     return make
@@ -127,25 +130,89 @@ def test_batch_equals_one_by_one(make_backend, tmp_path, family):
         np.testing.assert_allclose([m.score for m in got.masks], [m.score for m in want.masks], atol=1e-3)
 
 
-def test_out_of_tokens_fails_that_request_only(make_backend, tmp_path, monkeypatch):
+def test_out_of_tokens_keeps_the_completed_targets(make_backend, tmp_path, monkeypatch):
+    """A budget lowered below an answer: the targets completed before the cut are kept, the turn is
+    marked truncated, and neither that group nor its batch fails."""
     backend = make_backend(max_new_tokens=400)
     one = Template(name="one", turns=["Find it."], ontology=["mug"],
                    answer=AnswerRules(multiple_targets=False, allow_rejection=False))
-    requests = [_request(tmp_path, "s", [(40, 40)], one), _request(tmp_path, "l", [(40, 40), (40, 60)], MUG)]
-    lengths = []  # tokens each answer takes alone (greedy, so the same on every run)
+    requests = [_request(tmp_path, "s", [(40, 40)], one), _request(tmp_path, "l", [(40, 40), (40, 60)], MUG, seed=4)]
+    generated = []  # each answer alone, uncut (greedy, so the same on every run)
+    reason = backend.reasoner.reason
+    monkeypatch.setattr(backend.reasoner, "reason", lambda steps: generated.extend(out := reason(steps)) or out)
+    full = [backend.predict([request])[0] for request in requests]
+    lengths = [len(g.token_ends) for g in generated]
+    short, long = sorted(range(2), key=lambda i: lengths[i])
+    spans = target_spans(generated[long].text)
+    assert spans and len(full[long].turns[0].masks) == len(spans)  # the long answer names targets
+    # a budget that ends after the first target's object closes, before the answer does
+    first_end = next(k for k, end in enumerate(generated[long].token_ends) if end >= spans[0][1]) + 1
+    budget = max(first_end, lengths[short]) + 1
+    assert budget < lengths[long]
+    backend.options.max_new_tokens = budget
+    generated.clear()
+    answers = backend.predict(requests)
+    cut = generated[long].text
+    assert generated[long].truncated and generated[long].text == generated[long].text[:len(cut)]
+    assert not answers[short].turns[0].truncated and answers[short].turns[0].answer == full[short].turns[0].answer
+    kept = answers[long].turns[0]
+    assert kept.truncated and len(kept.masks) == len(target_spans(cut)) >= 1
+    assert [(m.image, m.label, m.phrase) for m in kept.masks] == \
+        [(m.image, m.label, m.phrase) for m in full[long].turns[0].masks][:len(kept.masks)]
+    assert all((a.mask == b.mask).all() for a, b in zip(kept.masks, full[long].turns[0].masks))
+
+
+def test_a_cut_round_is_replayed_as_closed_json(make_backend, tmp_path, monkeypatch):
+    backend = make_backend(max_new_tokens=12)
+    template = Template(name="two", turns=["Find the mug.", "Now the plate."], ontology=["mug", "plate"])
+    seen: list[str] = []
+    apply = backend.reasoner.processor.apply_chat_template
+    monkeypatch.setattr(backend.reasoner.processor, "apply_chat_template",
+                        lambda chat, **k: seen.append(chat) or apply(chat, **k))
+    answer = backend.predict([_request(tmp_path, "t", [(40, 40)], template)])[0]
+    assert [t.truncated for t in answer.turns] == [True, True]
+    replayed = seen[1][1]["content"][0]["text"]  # round 1's answer, as round 2 reads it
+    assert json.loads(replayed)["targets"] == [] and "explanation" in json.loads(replayed)
+
+
+def _longest_answers(backend, monkeypatch):
+    """Push the random model to the longest answer: "a" in every string until the grammar closes
+    it, and "," wherever an array or the optional points may go on."""
+    tokenizer = backend.reasoner.processor.tokenizer
+    favoured = [tokenizer.convert_tokens_to_ids(t) for t in ("a", ",")]
+
+    class Longest:
+        def __call__(self, input_ids, scores):
+            scores[:, favoured] += 1000.0
+            return scores
+
     generate = backend.reasoner.model.generate
     monkeypatch.setattr(backend.reasoner.model, "generate",
-                        lambda **kw: lengths.append((out := generate(**kw)).shape[1] - kw["input_ids"].shape[1]) or out)
-    for request in requests:
-        backend.predict([request])
-    short, long = sorted(range(2), key=lambda i: lengths[i])
-    assert lengths[long] > lengths[short] + 1
-    backend.options.max_new_tokens = lengths[short] + 1
-    answers = backend.predict(requests)  # the batch goes on: only the cut answer fails, in its place
-    assert answers[short].turns[0].answer is not None
-    assert isinstance(answers[long], InvalidAnswer)
-    assert f"max_new_tokens={lengths[short] + 1}" in str(answers[long]) and "did not complete" in str(answers[long])
-    assert answers[long].raw and answers[long].raw[:20] in str(answers[long])  # the error line shows what it wrote
+                        lambda **kw: generate(**{**kw, "logits_processor": [Longest(), *kw["logits_processor"]]}))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_default_options_give_parseable_answers(make_backend, tmp_path, family):
+    backend = make_backend(family, max_new_tokens=None, limits=None)  # what a user gets
+    answers = backend.predict([_request(tmp_path, "g", [(40, 60), (56, 30)], MUG)])
+    assert not isinstance(answers[0], Exception) and not answers[0].turns[0].truncated
+
+
+def test_the_longest_answer_closes_within_the_default_budget(make_backend, tmp_path, monkeypatch):
+    """Default limits and the default (auto) budget: a random byte-level model pushed to the
+    longest answer the schema allows still closes it; 512 tokens (the old default) would cut it."""
+    backend = make_backend(max_new_tokens=None, limits=None)
+    one = Template(name="one", turns=["Find the mug."], ontology=["mug"],
+                   answer=AnswerRules(multiple_targets=False, allow_rejection=False))
+    _longest_answers(backend, monkeypatch)
+    generated = []
+    reason = backend.reasoner.reason
+    monkeypatch.setattr(backend.reasoner, "reason", lambda steps: generated.extend(out := reason(steps)) or out)
+    (answer,) = backend.predict([_request(tmp_path, "l", [(32, 32)], one, seed=5)])
+    assert not generated[0].truncated and not answer.turns[0].truncated
+    explanation = answer.turns[0].answer
+    assert len(explanation) == 600 and set(explanation) <= {"a", ","}  # at its longest, and still closed
+    assert len(generated[0].token_ends) > 512 and len(answer.turns[0].masks) == 1
 
 
 def test_multi_round_sees_earlier_boxes_and_visual_prompts(make_backend, tmp_path, monkeypatch):
@@ -231,7 +298,8 @@ def test_engine_run_with_the_tiny_vlm(make_backend, tmp_path, tmp_path_factory):
                         "variables: {targets: 'cat, dog'}\nanswer: {max_targets: 2}\n")
     model = str(tiny_vlm("qwen2_5_vl", tmp_path_factory))
     config = RunConfig(input=make_groups(tmp_path / "data", 3), out=tmp_path / "run", prompt=[str(template)],
-                       model=model, batch_size=2, quiet=True, max_new_tokens=400)
+                       model=model, mask_model=str(tmp_path), batch_size=2, quiet=True,  # the head is a double
+                       max_new_tokens=400)
     summary = Engine(config, backend_factory=lambda o: VlmSamBackend(
         replace(o, device="cpu", extra={"answer_limits": SMALL}))).run()
     assert summary.exit_code == 0 and summary.done == 3
@@ -240,3 +308,119 @@ def test_engine_run_with_the_tiny_vlm(make_backend, tmp_path, tmp_path_factory):
     for p in preds:
         for s in p.turns[0].segments:
             assert s.category in ("cat", "dog") and s.rle["size"] == [p.images[s.image].height, p.images[s.image].width]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_tiny_huge_and_extreme_aspect_images(make_backend, tmp_path, family):
+    """Every image gets the size its processor really gives it (1x1 and 1-pixel-high images
+    included); an image no processor takes (over 200:1) fails its group alone, naming the file."""
+    from autolabel.errors import InputError
+
+    backend = make_backend(family)
+    requests = [_request(tmp_path, "small", [(1, 1), (1, 56), (3, 40), (2, 300), (1500, 2200)], MUG),
+                _request(tmp_path, "wide", [(40, 40), (1, 4000)], MUG),
+                _request(tmp_path, "tall", [(4000, 1)], MUG)]
+    answers = backend.predict(requests)
+    for request, answer in zip(requests, answers):
+        if request.group.id in ("wide", "tall"):
+            assert isinstance(answer, InputError) and "aspect ratio" in str(answer)
+        else:
+            assert not isinstance(answer, Exception), answer
+            _check_answer(answer, request)
+    assert answers[1].file == "wide/img1.png" and "4000x1 pixels" in str(answers[1])
+    assert answers[2].file == "tall/img0.png" and "1x4000 pixels" in str(answers[2])
+    ip = backend.reasoner.processor.image_processor
+    for image, frame in zip(requests[0].images, backend.frames(requests[0].images)):
+        grid = ip(images=[image], input_data_format="channels_last", return_tensors="pt")["image_grid_thw"]
+        assert frame.model_input == (int(grid[0, 1]) * ip.patch_size, int(grid[0, 2]) * ip.patch_size)
+        h, w = frame.original  # the whole model frame is the whole image
+        span = (1000, 1000) if family == "qwen3_vl" else frame.model_input[::-1]
+        np.testing.assert_allclose(frame.box_to_original([0, 0, *span]), [0, 0, w, h])
+
+
+def test_a_processor_whose_sizes_cannot_be_read_stops_the_run_once(tmp_path, tmp_path_factory, monkeypatch):
+    """Pixel coordinates with an image processor that reports no image_grid_thw: every group would
+    fail, so the run stops at load with one configuration error (exit 2), and writes no line."""
+    import transformers
+
+    from dataclasses import replace
+
+    from autolabel.config import RunConfig
+    from autolabel.engine import Engine
+    from autolabel.errors import AutolabelError
+    from tests.conftest import make_groups
+
+    class NoGrid:  # an image processor that returns pixels only
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        def __call__(self, *args, **kwargs):
+            return {"pixel_values": self.inner(*args, **kwargs)["pixel_values"]}
+
+    load = transformers.AutoProcessor.from_pretrained
+
+    def without_grid(*args, **kwargs):
+        processor = load(*args, **kwargs)
+        processor.image_processor = NoGrid(processor.image_processor)
+        return processor
+
+    monkeypatch.setattr(transformers.AutoProcessor, "from_pretrained", without_grid)
+    monkeypatch.setattr(mask_heads, "load_mask_head", lambda model, **kw: BoxMaskHead())
+    config = RunConfig(input=make_groups(tmp_path / "data", 3), out=tmp_path / "run", model=str(
+        tiny_vlm("qwen2_5_vl", tmp_path_factory)), mask_model=str(tmp_path), quiet=True)  # the head is a double
+    with pytest.raises(AutolabelError, match="image processor .*image_grid_thw.*coordinates=relative-1000"):
+        Engine(config, backend_factory=lambda o: VlmSamBackend(replace(o, device="cpu"))).run()
+    assert not (tmp_path / "run" / "predictions.jsonl").exists() or \
+        not (tmp_path / "run" / "predictions.jsonl").read_text().strip()
+
+
+def test_cut_answers_are_marked_truncated_on_their_lines(make_backend, tmp_path, tmp_path_factory):
+    from dataclasses import replace
+
+    from autolabel.config import RunConfig
+    from autolabel.engine import Engine
+    from autolabel.store import read_predictions
+    from tests.conftest import make_groups
+
+    config = RunConfig(input=make_groups(tmp_path / "data", 2), out=tmp_path / "run", prompt=["multi-target"],
+                       model=str(tiny_vlm("qwen2_5_vl", tmp_path_factory)), mask_model=str(tmp_path), quiet=True,
+                       max_new_tokens=24)
+    summary = Engine(config, backend_factory=lambda o: VlmSamBackend(replace(o, device="cpu"))).run()
+    assert summary.exit_code == 0 and summary.done == 2  # cut answers do not fail their groups
+    lines = [json.loads(line) for line in (tmp_path / "run" / "predictions.jsonl").read_text().splitlines()]
+    assert [line["truncated"] for line in lines] == [True, True] and {line["status"] for line in lines} == {"ok"}
+    assert all(p.truncated for p in read_predictions([config.out]))
+
+
+def test_a_server_gets_the_same_budget_and_sizes_rule(tmp_path, monkeypatch):
+    """--server shares the rules: max_tokens is the schema's longest answer unless --max-new-tokens
+    is given, a 1x1 image is sent at the size the resize keeps, and an image over 200:1 fails its
+    group alone, named."""
+    from autolabel.backends.answer_schema import answer_token_budget
+    from autolabel.errors import InputError
+    from tests.openai_double import GeometryServer
+
+    monkeypatch.setattr(mask_heads, "load_mask_head", lambda *a, **k: BoxMaskHead())
+    geometry = GeometryServer()
+    bodies: list[dict] = []
+    complete = geometry.complete
+    geometry.complete = lambda body: bodies.append(body) or complete(body)
+    try:
+        requests = [_request(tmp_path, "a", [(1, 1), (40, 60)], MUG), _request(tmp_path, "b", [(1, 4000)], MUG)]
+        for max_new_tokens in (None, 77):
+            backend = VlmSamBackend(BackendOptions(model="double", device="cpu", server=geometry.url,
+                                                   max_new_tokens=max_new_tokens))
+            bodies.clear()
+            answers = backend.predict(requests)
+            assert not isinstance(answers[0], Exception), answers[0]
+            assert isinstance(answers[1], InputError) and answers[1].file == "b/img0.png"
+            (body,) = bodies
+            schema = body["response_format"]["json_schema"]["schema"]
+            assert body["max_tokens"] == (max_new_tokens or answer_token_budget(schema))
+            assert geometry.received_sizes[-2] == (56, 56)
+            backend.close()
+    finally:
+        geometry.stop()

@@ -43,6 +43,7 @@ class TurnAnswer:
     answer: str
     masks: list[TargetMask] = field(default_factory=list)
     rejected: list[Rejection] = field(default_factory=list)
+    truncated: bool = False  # the answer was cut at the token budget: only its completed targets are here
 
 
 @dataclass
@@ -58,7 +59,7 @@ class BackendOptions:
     mask_model: str | None = None
     device: str | None = None
     dtype: str | None = None
-    max_new_tokens: int = 512
+    max_new_tokens: int | None = None  # None: the backend's own default (vlm-sam: the schema's longest answer)
     trust_remote_code: bool = False
     server: str | None = None        # an OpenAI-compatible endpoint that runs the reasoning model
     concurrency: int = 32            # requests in flight to the server

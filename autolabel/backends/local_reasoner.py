@@ -1,8 +1,13 @@
 """Reasoning in this process: one left-padded transformers `generate` per batch of steps.
 
-Each answer is constrained by xgrammar to its step's JSON schema; the log-probability of every
-generated token is recorded from the raw logits, before the grammar mask, so a confident answer
-and a forced one score differently.
+Each answer is constrained by xgrammar to its step's JSON schema, within the step's token budget
+(reasoning.token_budget); the log-probability of every generated token is recorded from the raw
+logits, before the grammar mask, so a confident answer and a forced one score differently.
+
+The size each image has for the model is what the processor really produces for it (one image
+through the image processor), so pixel coordinates map back exactly for any size; an image the
+processor refuses fails its group alone, and a processor whose output size cannot be read at all
+stops the run at load (exit 2) when the model answers in pixels.
 """
 
 from __future__ import annotations
@@ -15,9 +20,10 @@ from typing import Any
 import numpy as np
 
 from autolabel.backends.base import BackendOptions
-from autolabel.backends.reasoning import Generated, Reasoner, ReasonStep
+from autolabel.backends.reasoning import Generated, ImageNotAccepted, Reasoner, ReasonStep, token_budget
 from autolabel.backends.vlm_coords import (CoordinateFrame, ImageFrame, coordinate_frame, grid_input_sizes,
-                                           model_input_size)
+                                           processed_size)
+from autolabel.errors import AutolabelError
 
 GRAMMAR_CACHE_SIZE = 256
 
@@ -44,8 +50,25 @@ class TransformersReasoner(Reasoner):
         self._compiler = xgr.GrammarCompiler(xgr.TokenizerInfo.from_huggingface(
             tokenizer, vocab_size=vocab, stop_token_ids=self.stop_token_ids))
         self._grammars: OrderedDict[str, Any] = OrderedDict()
+        self._sizes_known = self._probe_processor()
         self._info = {"model": model_id, "revision": snapshot_revision(self.model_path),
                       "model_type": self.model.config.model_type, "coordinates": self.frame.value}
+
+    def _probe_processor(self) -> bool:
+        """Whether the processor's output size can be read (one small image). Pixel coordinates
+        need it: without it every group would fail, so the run stops here, once (exit 2)."""
+        ip = getattr(self.processor, "image_processor", None)
+        try:
+            processed_size(ip, np.zeros((48, 64, 3), np.uint8))
+            return True
+        except Exception as e:  # noqa: BLE001 - any processor we cannot read
+            if self.frame is CoordinateFrame.RELATIVE_1000:
+                return False  # relative coordinates do not depend on the resize
+            raise AutolabelError(
+                f"--model {self.model_id}: cannot read the size its image processor gives an image "
+                f"({type(ip).__name__}: {type(e).__name__}: {e}); pixel coordinates ({self.frame.value}) "
+                "need it. If this model answers 0-1000 coordinates, set --backend-option "
+                "coordinates=relative-1000") from None
 
     def info(self) -> dict[str, Any]:
         return dict(self._info)
@@ -54,11 +77,21 @@ class TransformersReasoner(Reasoner):
         del self.model
 
     def frames(self, images: list[np.ndarray]) -> list[ImageFrame]:
-        """Relative coordinates do not depend on the resize; pixel ones need the processor's."""
-        if self.frame is CoordinateFrame.RELATIVE_1000:
-            return [ImageFrame(self.frame, im.shape[:2], im.shape[:2]) for im in images]
-        ip = self.processor.image_processor
-        return [ImageFrame(self.frame, im.shape[:2], model_input_size(ip, *im.shape[:2])) for im in images]
+        """Each image's size after the processor, from the processor itself (ImageNotAccepted
+        names an image it refuses, e.g. an aspect ratio over 200:1)."""
+        out = []
+        for k, im in enumerate(images):
+            h, w = im.shape[:2]
+            if not self._sizes_known:  # relative coordinates only: the resize does not matter
+                out.append(ImageFrame(self.frame, (h, w), (h, w)))
+                continue
+            try:
+                size = processed_size(self.processor.image_processor, im)
+            except Exception as e:  # noqa: BLE001 - this image's group fails alone
+                raise ImageNotAccepted(k, f"{w}x{h} pixels, which the model's image processor does not take: "
+                                          f"{type(e).__name__}: {e}") from None
+            out.append(ImageFrame(self.frame, (h, w), size))
+        return out
 
     def reason(self, steps: list[ReasonStep]) -> list[Generated | Exception]:
         import torch
@@ -68,12 +101,12 @@ class TransformersReasoner(Reasoner):
         chats = [processor.apply_chat_template(s.chat, add_generation_prompt=True, tokenize=False) for s in steps]
         grammars = [self._grammar(json.dumps(s.schema)) for s in steps]
         inputs = processor(text=chats, images=[s.images for s in steps], return_tensors="pt",
-                           padding=True).to(self.device)
+                           padding=True, input_data_format="channels_last").to(self.device)
         if self.frame is CoordinateFrame.PIXELS:
             self._check_resize(steps, inputs["image_grid_thw"])
         inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
         recorder = _TokenLogProbs()
-        budget = self.options.max_new_tokens
+        budget = max(token_budget(s, self.options.max_new_tokens) for s in steps)
         with torch.inference_mode():
             out = self.model.generate(**inputs, max_new_tokens=budget,
                                       logits_processor=[recorder, LogitsProcessor(grammars)],
@@ -106,12 +139,16 @@ class TransformersReasoner(Reasoner):
         return self._grammars[schema]
 
     def _check_resize(self, steps: list[ReasonStep], image_grid_thw) -> None:
-        """The sizes written into the prompt must be the sizes the processor really produced."""
-        real = grid_input_sizes(image_grid_thw, self.processor.image_processor.patch_size)
-        expected = [f.model_input for s in steps for f in s.frames]
-        if real != expected:
-            raise RuntimeError(f"the processor resized images to {real}, expected {expected}: this image "
-                               f"processor does not follow Qwen's smart_resize; set option coordinates")
+        """The sizes written into the prompt are what the processor produced for each image alone;
+        in this batch it must produce them again."""
+        real = iter(grid_input_sizes(image_grid_thw, self.processor.image_processor.patch_size))
+        for s in steps:
+            for k, f in enumerate(s.frames):
+                got = next(real)
+                if got != f.model_input:
+                    raise RuntimeError(f"the image processor resized Image {k + 1} ({f.original[1]}x{f.original[0]}) "
+                                       f"to {got[1]}x{got[0]} in a batch but to {f.model_input[1]}x{f.model_input[0]} "
+                                       "alone")
 
 
 class _TokenLogProbs:

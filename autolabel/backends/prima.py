@@ -11,6 +11,8 @@ from __future__ import annotations
 from autolabel.backends.base import Answer, Backend, BackendOptions, Request, TargetMask, TurnAnswer
 from autolabel.prediction import Rejection
 
+PRIMA_MAX_NEW_TOKENS = 512  # per turn, when --max-new-tokens is not given
+
 
 class PrimaBackend(Backend):
     name = "prima"
@@ -35,7 +37,7 @@ class PrimaBackend(Backend):
     def predict(self, requests: list[Request]) -> list[Answer]:
         """The batch's groups are generated together (left-padded), turn by turn."""
         generated = self.model.generate_batch([_example(r) for r in requests],
-                                              max_new_tokens=self.options.max_new_tokens)
+                                              max_new_tokens=self.options.max_new_tokens or PRIMA_MAX_NEW_TOKENS)
         return [self._answer(request, turns) for request, turns in zip(requests, generated)]
 
     def _answer(self, request: Request, generated: list) -> Answer:

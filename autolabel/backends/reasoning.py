@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from autolabel.backends.answer_schema import answer_token_budget
 from autolabel.backends.vlm_coords import CoordinateFrame, ImageFrame
 
 
@@ -25,6 +26,22 @@ class ReasonStep:
     images: list[np.ndarray]
     frames: list[ImageFrame]
     schema: dict
+
+
+def token_budget(step: ReasonStep, max_new_tokens: int | None) -> int:
+    """Tokens a step may generate: `--max-new-tokens` when given, else (auto) enough for the
+    longest answer its schema allows, so a constrained answer always closes. Both reasoners use it."""
+    return max_new_tokens or answer_token_budget(step.schema)
+
+
+class ImageNotAccepted(Exception):
+    """An image the model's processor will not take (e.g. an aspect ratio over 200:1): `index` in
+    the group, `reason` says why. Its group fails alone, with the file named."""
+
+    def __init__(self, index: int, reason: str):
+        super().__init__(f"Image {index + 1}: {reason}")
+        self.index = index
+        self.reason = reason
 
 
 @dataclass
@@ -42,7 +59,8 @@ class Reasoner(ABC):
 
     @abstractmethod
     def frames(self, images: list[np.ndarray]) -> list[ImageFrame]:
-        """How each image is presented to the model: its original and model-input sizes."""
+        """How each image is presented to the model: its original and model-input sizes.
+        Raises ImageNotAccepted for an image the model cannot take."""
 
     @abstractmethod
     def reason(self, steps: list[ReasonStep]) -> list[Generated | Exception]:

@@ -30,7 +30,7 @@ from urllib.parse import urlsplit, urlunsplit
 import numpy as np
 
 from autolabel.backends.base import BackendOptions
-from autolabel.backends.reasoning import Generated, Reasoner, ReasonStep
+from autolabel.backends.reasoning import Generated, ImageNotAccepted, Reasoner, ReasonStep, token_budget
 from autolabel.backends.vlm_coords import FAMILY_FRAMES, CoordinateFrame, ImageFrame, coordinate_frame
 from autolabel.errors import AutolabelError
 
@@ -121,9 +121,12 @@ class ServerReasoner(Reasoner):
     def frames(self, images: list[np.ndarray]) -> list[ImageFrame]:
         """Pixel frames: the fixed-point size the image is sent at. Relative ones need no resize."""
         out = []
-        for im in images:
+        for k, im in enumerate(images):
             h, w = im.shape[:2]
-            sent = self.rule.fixed_point(h, w) if self.frame is CoordinateFrame.PIXELS else (h, w)
+            try:
+                sent = self.rule.fixed_point(h, w) if self.frame is CoordinateFrame.PIXELS else (h, w)
+            except ValueError as e:  # Qwen's rule refuses aspect ratios over 200:1: this group fails alone
+                raise ImageNotAccepted(k, f"{w}x{h} pixels, which the model's resize rule does not take: {e}") from None
             out.append(ImageFrame(self.frame, (h, w), sent))
         return out
 
@@ -154,8 +157,8 @@ class ServerReasoner(Reasoner):
     def _reason_one(self, step: ReasonStep) -> Generated | Exception:
         try:
             urls = [self.image_url(im, f) for im, f in zip(step.images, step.frames)]
-            reply = self._complete(openai_messages(step.chat, urls), step.schema, self.options.max_new_tokens,
-                                   logprobs=self.logprobs)
+            reply = self._complete(openai_messages(step.chat, urls), step.schema,
+                                   token_budget(step, self.options.max_new_tokens), logprobs=self.logprobs)
             choice = reply.choices[0]
             text = choice.message.content or ""
             ends, logprobs = token_offsets(text, choice.logprobs)

@@ -1,9 +1,9 @@
 """Coordinates as each VLM family speaks them, mapped to and from original image pixels.
 
 Qwen2.5-VL answers absolute pixels of the image *as its processor resized it*; Qwen2-VL and
-Qwen3-VL answer 0-1000 coordinates relative to the image. The resized size is computed with the
-processor's own `smart_resize` and its min/max pixel settings, and checked against the
-`image_grid_thw` the processor really produced, so a prompt and its answer share one frame.
+Qwen3-VL answer 0-1000 coordinates relative to the image. The resized size is read from what the
+processor really produced for that image (its `image_grid_thw`), never from a re-implementation
+of its rule, so a prompt and its answer share one frame for every size and aspect ratio.
 """
 
 from __future__ import annotations
@@ -44,14 +44,21 @@ def coordinate_frame(model_type: str, override: str | None = None) -> Coordinate
         raise AutolabelError(f"option coordinates={override!r}: use one of {choices}") from None
 
 
-def model_input_size(image_processor, height: int, width: int) -> tuple[int, int]:
-    """(height, width) the Qwen-style image processor resizes an image of this size to."""
-    from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
+def processed_size(image_processor, image: np.ndarray) -> tuple[int, int]:
+    """(height, width) the image processor really resizes `image` (H x W x 3) to, read from the
+    `image_grid_thw` it returns. Channels-last is said explicitly: left to guess, the processor
+    reads a 1-pixel-high image (1 x W x 3) as channels-first."""
+    out = image_processor(images=[image], input_data_format="channels_last", return_tensors="pt")
+    if "image_grid_thw" not in out:
+        raise ValueError(f"{type(image_processor).__name__} returns no image_grid_thw (it returned "
+                         f"{', '.join(out.keys())})")
+    (size,) = grid_input_sizes(out["image_grid_thw"], image_processor.patch_size)
+    return size
 
-    size = image_processor.size  # a dict or SizeDict: shortest/longest_edge are min/max pixels
-    factor = image_processor.patch_size * image_processor.merge_size
-    return smart_resize(height, width, factor=factor, min_pixels=size.get("shortest_edge"),
-                        max_pixels=size.get("longest_edge"))
+
+def model_input_size(image_processor, height: int, width: int) -> tuple[int, int]:
+    """(height, width) the image processor resizes an image of this size to (it processes one)."""
+    return processed_size(image_processor, np.zeros((height, width, 3), np.uint8))
 
 
 def grid_input_sizes(image_grid_thw, patch_size: int) -> list[tuple[int, int]]:

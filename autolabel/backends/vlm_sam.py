@@ -9,24 +9,32 @@ owns the head (mask_batcher.py), so concurrent server answers are segmented toge
 
 A segment's score is the head's predicted IoU times the mean probability the VLM gave the tokens
 of that target's JSON object, so a box the model hesitated on scores lower than a confident one.
+
+By default a step may generate as many tokens as the longest answer its schema allows, so an
+answer always closes; one cut by a lower `--max-new-tokens` keeps the targets it completed and
+is marked `truncated`, and the group does not fail.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from autolabel.backends.answer_schema import (AnswerLimits, ParsedAnswer, answer_schema, parse_answer,
-                                              span_confidences)
+from autolabel.backends.answer_schema import (AnswerLimits, InvalidAnswer, ParsedAnswer, answer_json, answer_schema,
+                                              parse_answer, parse_truncated, span_confidences)
 from autolabel.backends.base import Answer, Backend, BackendOptions, Request, TargetMask, TurnAnswer
 from autolabel.backends.chat import PastTurn, build_chat, draw_images
-from autolabel.backends.reasoning import Reasoner, ReasonStep
+from autolabel.backends.reasoning import Generated, ImageNotAccepted, Reasoner, ReasonStep, token_budget
 from autolabel.backends.vlm_coords import ImageFrame
+from autolabel.errors import InputError
 from autolabel.prediction import Rejection
+from autolabel.templates import RenderedPrompt
 
 EXEMPLAR_IOU = 0.5  # a target box this close to an exemplar box on the same image uses the exemplar
+FRAME_CACHE_SIZE = 1024  # images whose frame is kept: every template and turn of a group reuses it
 
 
 @dataclass
@@ -42,7 +50,7 @@ class _GroupState:
 @dataclass
 class _Reasoned:
     parsed: ParsedAnswer
-    raw: str
+    raw: str  # what later rounds replay: the model's JSON, or a cut answer's completed part, closed
     confidence: list[float]  # per target, in order
 
 
@@ -85,7 +93,9 @@ class VlmSamBackend(Backend):
         self.mask_head = load_mask_head(self.mask_model, device=self.device, dtype=self.dtype)
         self.masks = MaskBatcher(self.mask_head)
         self._mask_info = {"mask_model": self.mask_head.model_id, "mask_revision": snapshot_revision(self.mask_head.source),
-                           "device": self.device, "dtype": str(self.dtype)}
+                           "device": self.device, "dtype": str(self.dtype),
+                           "max_new_tokens": options.max_new_tokens or "auto (the longest answer the schema allows)"}
+        self._frames: OrderedDict[tuple, ImageFrame] = OrderedDict()
 
     def model_info(self) -> dict[str, Any]:
         return {**self.reasoner.info(), **self._mask_info}
@@ -102,10 +112,28 @@ class VlmSamBackend(Backend):
     def frames(self, images: list[np.ndarray]) -> list[ImageFrame]:
         return self.reasoner.frames(images)
 
+    def _state(self, request: Request) -> _GroupState:
+        """A request's frames (kept per group image for its other templates); an image the model
+        cannot take fails the request alone, naming the file."""
+        group = request.group
+        keys = [(group.id, ref.file, im.shape[:2]) for ref, im in zip(group.images, request.images)]
+        if not all(k in self._frames for k in keys):
+            try:
+                frames = self.frames(request.images)
+            except ImageNotAccepted as e:
+                return _GroupState(request, [], failed=InputError(group.images[e.index].file, e.reason))
+            for k, f in zip(keys, frames):
+                self._frames[k] = f
+                if len(self._frames) > FRAME_CACHE_SIZE:
+                    self._frames.popitem(last=False)
+        for k in keys:
+            self._frames.move_to_end(k)
+        return _GroupState(request, [self._frames[k] for k in keys])
+
     # -- one batch ------------------------------------------------------------------------
     def predict(self, requests: list[Request]) -> list[Answer | Exception]:
         """An answer per request; a request whose answer cannot be read fails alone (its Exception)."""
-        states = [_GroupState(r, self.frames(r.images)) for r in requests]
+        states = [self._state(r) for r in requests]
         for t in range(max(len(r.prompt.turns) for r in requests)):
             active = [s for s in states if t < len(s.request.prompt.turns) and s.failed is None]
             reasoned = self._reason(active, t)
@@ -119,7 +147,7 @@ class VlmSamBackend(Backend):
                 rejected = [Rejection(label=a.label, category=prompt.ontology.get(a.label, a.label), phrase=a.label,
                                       reason=a.reason, round=t) for a in r.parsed.absent]
                 turn = TurnAnswer(question=prompt.turns[t].text, answer=r.parsed.explanation, masks=masks,
-                                  rejected=rejected)
+                                  rejected=rejected, truncated=r.parsed.truncated)
                 state.past.append(PastTurn(turn, r.raw))
         return [s.failed or Answer([p.answer for p in s.past]) for s in states]
 
@@ -140,20 +168,33 @@ class VlmSamBackend(Backend):
         if not states:
             return []
         results: list[_Reasoned | Exception] = []
-        for s, g in zip(states, self.reasoner.reason(self.steps(states, t))):
+        steps = self.steps(states, t)
+        for s, step, g in zip(states, steps, self.reasoner.reason(steps)):
             if isinstance(g, Exception):
                 results.append(g)
                 continue
             try:
-                parsed = parse_answer(g.text, s.request.prompt, max_new_tokens=self.options.max_new_tokens)
+                parsed, raw = self._read(g, s.request.prompt, token_budget(step, self.options.max_new_tokens))
             except Exception as e:  # noqa: BLE001 - InvalidAnswer: this group fails, the batch goes on
                 results.append(e)
                 continue
             n = len(parsed.targets)
             confidence = (span_confidences(g.text, g.token_ends, g.logprobs) if g.logprobs is not None
                           else [1.0] * n)
-            results.append(_Reasoned(parsed, g.text, (confidence + [1.0] * n)[:n]))
+            results.append(_Reasoned(parsed, raw, (confidence + [1.0] * n)[:n]))
         return results
+
+    @staticmethod
+    def _read(g: Generated, prompt: RenderedPrompt, budget: int) -> tuple[ParsedAnswer, str]:
+        """The typed answer and the JSON later rounds replay. An answer cut at the budget keeps
+        what it completed (marked truncated) instead of failing its group."""
+        try:
+            return parse_answer(g.text, prompt, max_new_tokens=budget if g.truncated else None), g.text
+        except InvalidAnswer:
+            if not g.truncated:
+                raise
+        parsed = parse_truncated(g.text, prompt)
+        return parsed, answer_json(parsed, prompt)
 
     # -- masks: every target of every image of the batch through the mask head at once -------
     def _segment(self, states: list[_GroupState], answers: list[_Reasoned], t: int) -> list[list[TargetMask]]:
