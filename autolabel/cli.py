@@ -14,6 +14,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.markup import escape
+from typer.core import TyperGroup
 
 from autolabel import __version__
 from autolabel.errors import AutolabelError
@@ -113,6 +114,10 @@ def run(
                                                                  "libraries' (for CI logs).")] = False,
     min_score: Annotated[Optional[float], typer.Option(help="Leave masks scored below this out of the "
                                                             "prediction lines.  \\[default: 0]")] = None,
+    from_fiftyone: Annotated[Optional[str], typer.Option(help="Label this FiftyOne dataset instead of INPUT: its "
+                                                              "groups (or samples) are the image groups; `push` "
+                                                              "writes back onto the same samples.")] = None,
+    view: Annotated[Optional[str], typer.Option(help="--from-fiftyone: label only this saved view.")] = None,
     config: Annotated[Optional[Path], typer.Option(help="YAML run file with the same options; flags win.")] = None,
 ) -> None:
     """Label every group of INPUT with each --prompt template, writing RUN_DIR/predictions.jsonl.
@@ -130,6 +135,7 @@ def run(
                  engine=engine, workers=workers, gpus_per_worker=gpus_per_worker, ray_address=ray_address, server=server,
                  concurrency=concurrency, api_key_env=api_key_env, quiet=quiet)
     flags["min_score"] = min_score
+    flags.update(from_fiftyone=from_fiftyone, view=view)
     cfg = load_run_config(config, flags)
     if cfg.quiet:
         from autolabel.progress import silence_library_progress
@@ -405,25 +411,59 @@ def push(
     _console(stderr=True).print(f"pushed to {escape(dataset)}.{escape(stats.field)}: {stats}", soft_wrap=True)
 
 
-@app.command()
+class _DatasetFirstGroup(TyperGroup):
+    """`autolabel review NAME ...` means `autolabel review open NAME ...`: a first word that names no
+    subcommand is the dataset of the default one (`open`), so `review status NAME` sits beside it."""
+
+    default = "open"
+
+    def parse_args(self, ctx, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ctx.help_option_names:
+            args = [self.default, *args]
+        return super().parse_args(ctx, args)
+
+
+review_app = typer.Typer(cls=_DatasetFirstGroup, no_args_is_help=True, help=(
+    "Review pushed masks in the FiftyOne App, most doubtful first. `autolabel review NAME` is "
+    "`autolabel review open NAME`; `autolabel review status NAME` reports progress."))
+app.add_typer(review_app, name="review")
+
+
+@review_app.command("open")
 def review(
     dataset: Annotated[str, typer.Argument(help="A dataset made by `autolabel push`.")],
     port: Annotated[int, typer.Option(help="Port of the App.")] = 5151,
     address: Annotated[str, typer.Option(help="Address to serve on (0.0.0.0 for other machines).")] = "127.0.0.1",
     field: Annotated[Optional[str], typer.Option(help="Pushed field to review.  \\[default: predictions]")] = None,
     reviewed_field: Annotated[str, typer.Option(help="Editable copy reviewers work in.")] = "reviewed",
+    order: Annotated[str, typer.Option(help="Queue order: doubt (most doubtful first), score (least sure first), "
+                                            "random, file.")] = "doubt",
+    min_doubt: Annotated[Optional[float], typer.Option(help="Queue only groups at least this doubtful (0..1).")]
+    = None,
+    no_app: Annotated[bool, typer.Option("--no-app", help="Prepare the reviewed field, label schema and saved "
+                                                          "views, then exit (a hosted App, or pull from scripts).")]
+    = False,
 ) -> None:
-    """Make an editable `reviewed` field and serve the FiftyOne App; fix masks in its Annotate tab."""
+    """Make an editable `reviewed` field, save the review queue (view `by-doubt`) and serve the FiftyOne App on it."""
     from autolabel.review.app import app_url, launch, prepare_review
     from autolabel.review.database import connect, load_dataset
 
     ds = load_dataset(dataset)
-    setup = prepare_review(ds, field, reviewed_field)
+    setup = prepare_review(ds, field, reviewed_field, order=order, min_doubt=min_doubt)
     err = _console(stderr=True)
     err.print(f"reviewing {escape(setup.source)} in field {escape(setup.reviewed)} "
-              f"({setup.samples_added} samples added to it; classes: {escape(', '.join(setup.classes))})")
-    session = launch(connect(), ds, address=address, port=port)
-    typer.echo(f"App: {app_url(address, port, dataset)}", nl=True)
+              f"({setup.samples_added} samples added to it; classes: {escape(', '.join(setup.classes))})",
+              soft_wrap=True)
+    err.print(f"queue: saved view {escape(setup.view)}, {setup.queued} groups" +
+              (f" (doubt computed for {setup.doubt_computed} samples pushed before doubt existed)"
+               if setup.doubt_computed else ""), soft_wrap=True)
+    if no_app:
+        typer.echo(f"App: {app_url(address, port, dataset, setup.view)}   (not started: --no-app)")
+        err.print(f"open the saved view {escape(setup.view)} in any FiftyOne App on this database; then: "
+                  f"autolabel pull {escape(dataset)} -o corrected.json", soft_wrap=True)
+        return
+    session = launch(connect(), ds, address=address, port=port, view=setup.view)
+    typer.echo(f"App: {app_url(address, port, dataset, setup.view)}", nl=True)
     sys.stdout.flush()
     err.print("edit masks in the Annotate tab; they save as you go. "
               f"Then: autolabel pull {escape(dataset)} -o corrected.json   (Ctrl-C stops the App)")
@@ -431,6 +471,39 @@ def review(
         session.wait(-1)
     except KeyboardInterrupt:
         pass
+
+
+@review_app.command("status")
+def review_status(
+    dataset: Annotated[str, typer.Argument(help="A dataset under review.")],
+    reviewed_field: Annotated[str, typer.Option(help="The reviewed field to report on.")] = "reviewed",
+    json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON instead of a table.")] = False,
+) -> None:
+    """Per category: samples and labels pushed, reviewed, untouched, edited, added, deleted; mean score and doubt."""
+    import json
+
+    from rich.table import Table
+
+    from autolabel.review.status import CHANGES, review_status as _status
+
+    status = _status(dataset, reviewed_field)
+    if json_out:
+        typer.echo(json.dumps(status.to_json(), indent=2))
+        return
+
+    def row(name: str, c, bold: bool = False) -> list[str]:
+        j = c.to_json()
+        cells = [name, str(j["samples"]["pushed"]), str(j["samples"]["reviewed"]), str(j["labels"]["pushed"]),
+                 *(str(j["labels"][k]) for k in CHANGES),
+                 *("-" if j[k] is None else f"{j[k]:.3f}" for k in ("mean_score", "mean_doubt"))]
+        return [f"[bold]{x}[/]" for x in cells] if bold else cells
+
+    table = Table("category", "samples", "reviewed", "labels", *CHANGES, "mean score", "mean doubt",
+                  title=f"{escape(dataset)}: {escape(status.reviewed)} vs {escape(status.source)}")
+    for name, category in sorted(status.categories.items()):
+        table.add_row(*row(escape(name), category))
+    table.add_row(*row("all", status.total, bold=True))
+    _console().print(table)
 
 
 @app.command()

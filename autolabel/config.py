@@ -18,7 +18,7 @@ class RunConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    input: Path
+    input: Path | None = None  # None only with from_fiftyone
     prompt: list[str] = Field(default_factory=lambda: ["ontology"], min_length=1)
     backend: str = "vlm-sam"
     model: str | None = None
@@ -48,6 +48,8 @@ class RunConfig(BaseModel):
     api_key_env: str = "OPENAI_API_KEY"
     quiet: bool = False
     min_score: float = 0.0  # masks scored below this are left out of the prediction lines
+    from_fiftyone: str | None = None  # a FiftyOne dataset as the input (fiftyone_source.py) ...
+    view: str | None = None  # ... or one of its saved views
 
     @field_validator("shard", mode="before")
     @classmethod
@@ -166,6 +168,15 @@ def _input_or_manifest(data: dict[str, Any]) -> None:
                              f"manifest {source} lists its groups itself (its `id` / `group_id`)")
 
 
+def _fiftyone_input(data: dict[str, Any]) -> None:
+    """`--from-fiftyone NAME` is the input: no INPUT, --manifest or --group-by next to it."""
+    others = [flag for key, flag in (("input", "INPUT"), ("manifest", "--manifest"), ("group_by", "--group-by"))
+              if data.get(key) is not None]
+    if others:
+        raise AutolabelError(f"--from-fiftyone {data['from_fiftyone']} is the input; drop {', '.join(others)} "
+                             "(a grouped dataset's groups are the image groups)")
+
+
 def load_run_config(config_file: Path | None, flags: dict[str, Any]) -> RunConfig:
     """Merge a YAML run file with the flags that were given (None means 'not given')."""
     data: dict[str, Any] = {}
@@ -181,7 +192,12 @@ def load_run_config(config_file: Path | None, flags: dict[str, Any]) -> RunConfi
             data[key] = {**parse(data[key]), **parse(given.pop(key))}
     data.update(given)
     where = str(config_file) if config_file else "options"
-    _input_or_manifest(data)
+    if data.get("from_fiftyone") is not None:
+        _fiftyone_input(data)
+    else:
+        if data.get("view") is not None:
+            raise AutolabelError("--view names a saved view of the FiftyOne dataset given with --from-fiftyone")
+        _input_or_manifest(data)
     try:
         config = RunConfig.model_validate(data)
     except ValidationError as e:

@@ -193,7 +193,7 @@ def plan_run(config: RunConfig, source: Source, labeler: Labeler, done: Mapping[
     if seen == 0:
         skipped = source.stats.skipped
         why = "; ".join(f"{f}: {r}" for f, r in skipped[:3]) + (f"; ... {len(skipped) - 3} more" if len(skipped) > 3 else "")
-        raise AutolabelError(f"{config.manifest or config.input}: nothing to label: no images found"
+        raise AutolabelError(f"{config.manifest or config.input or config.from_fiftyone}: nothing to label: no images found"
                              + (f" ({len(skipped)} files skipped: {why})" if skipped else ""))
     needed = sorted(set(unset) - given)
     if needed and plan.work:
@@ -253,7 +253,7 @@ class Engine:
         t0 = time.perf_counter()
         started = _now()
         source = open_source(cfg.input, manifest=cfg.manifest, group_by=cfg.group_by,
-                             allow_outside_root=cfg.allow_outside_root)
+                             allow_outside_root=cfg.allow_outside_root, from_fiftyone=cfg.from_fiftyone, view=cfg.view)
         lines = scan_lines([cfg.out]) if cfg.out.is_dir() else {}
         done = {} if cfg.overwrite else {k: (h, v) for k, (status, h, v) in lines.items() if status == "ok"}
         plan = plan_run(cfg, source, self.labeler, done)

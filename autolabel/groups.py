@@ -51,6 +51,7 @@ class ImageRef:
     path: Path
     prompt: VisualPrompt | None = None
     coco_id: int | None = None  # kept from an input COCO file so exports reuse its ids
+    sample_id: str | None = None  # the FiftyOne sample it came from (`run --from-fiftyone`), for push
 
 
 @dataclass(frozen=True)
@@ -65,14 +66,14 @@ class ImageGroup:
     def to_json(self) -> dict:
         """Everything needed to rebuild the group in another process (a Ray worker)."""
         return {"id": self.id, "root": str(self.root), "variables": self.variables,
-                "images": [{"file": im.file, "path": str(im.path), "coco_id": im.coco_id,
+                "images": [{"file": im.file, "path": str(im.path), "coco_id": im.coco_id, "sample_id": im.sample_id,
                             "prompt": im.prompt.to_json() if im.prompt else None} for im in self.images]}
 
     @classmethod
     def from_json(cls, data: dict) -> ImageGroup:
         images = tuple(ImageRef(im["file"], Path(im["path"]),
                                 VisualPrompt.from_json(im["prompt"]) if im["prompt"] is not None else None,
-                                im["coco_id"]) for im in data["images"])
+                                im["coco_id"], im.get("sample_id")) for im in data["images"])
         return cls(data["id"], Path(data["root"]), images, dict(data["variables"]))
 
 

@@ -303,7 +303,7 @@ def exemplar_images(group: ImageGroup) -> tuple[int, ...]:
 
 def _image_infos(group: ImageGroup, images: list[np.ndarray] | None) -> list[ImageInfo]:
     return [ImageInfo(im.file, int(px.shape[1]) if images else None, int(px.shape[0]) if images else None,
-                      im.coco_id)
+                      im.coco_id, im.sample_id)
             for im, px in zip(group.images, images or [None] * len(group.images))]
 
 

@@ -69,6 +69,7 @@ class ImageInfo:
     width: int | None = None
     height: int | None = None
     id: int | None = None  # the image id of an input COCO file, kept for exports
+    sample_id: str | None = None  # the FiftyOne sample of `run --from-fiftyone` (written only then)
 
 
 @dataclass
@@ -92,6 +93,9 @@ class Prediction:
         d = asdict(self)
         if not self.truncated:  # written only as a warning, on the lines it marks
             del d["truncated"]
+        for image in d["images"]:
+            if image["sample_id"] is None:
+                del image["sample_id"]
         return json.dumps(d, separators=(",", ":"), ensure_ascii=False)
 
     @classmethod

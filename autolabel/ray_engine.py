@@ -151,7 +151,7 @@ class RayEngine(Engine):
 
 def _absolute_paths(config: RunConfig) -> RunConfig:
     """The config as workers need it: their working directory is not the driver's."""
-    update: dict[str, Any] = {"out": config.out.resolve(), "input": config.input.resolve()}
+    update: dict[str, Any] = {"out": config.out.resolve(), "input": config.input.resolve() if config.input else None}
     if config.manifest is not None:
         update["manifest"] = config.manifest.resolve()
     for key in ("model", "mask_model"):

@@ -10,7 +10,8 @@ Kinds, chosen from the input:
 - a CSV manifest: one row per image, columns `group_id,image[,label,box,var.NAME...]`;
 - a COCO JSON: groups by the images' `group`/`group_id` field, else `--group-by` on
   `file_name`, else one per image (id = file_name); annotations become visual prompts;
-- a single image file: one group of one.
+- a single image file: one group of one;
+- a FiftyOne dataset or saved view (`from_fiftyone`, `view`): see fiftyone_source.py.
 
 Manifest and COCO paths are relative to the file's folder, which is the root. Every path must
 stay inside the root (after symlinks) unless `allow_outside_root`. A group that cannot be built
@@ -57,8 +58,13 @@ class Source:
         return self._groups()
 
 
-def open_source(input: Path, *, manifest: Path | None = None, group_by: str | None = None,
-                allow_outside_root: bool = False) -> Source:
+def open_source(input: Path | None, *, manifest: Path | None = None, group_by: str | None = None,
+                allow_outside_root: bool = False, from_fiftyone: str | None = None,
+                view: str | None = None) -> Source:
+    if from_fiftyone is not None:  # a FiftyOne dataset or saved view (fiftyone_source.py)
+        from autolabel.fiftyone_source import open_fiftyone_source
+
+        return open_fiftyone_source(from_fiftyone, view)
     input = Path(input)
     if manifest is not None:
         input = Path(manifest)

@@ -80,3 +80,24 @@ class DyingBackend(BoxBackend):
             open(marker, "w").close()
             os._exit(1)
         return super().predict(requests)
+
+
+class DoubtBackend(BoxBackend):
+    """BoxBackend whose template `pets2` disagrees with the others on purpose: on group g001 its
+    masks sit half their width to the right; on group g002 it rejects `dog` instead of finding it."""
+
+    def _answer(self, request: Request) -> Answer:
+        answer = super()._answer(request)
+        if request.prompt.name != "pets2" or request.group.id not in ("g001", "g002"):
+            return answer
+        for turn in answer.turns:
+            if request.group.id == "g001":
+                for m in turn.masks:
+                    width = int(m.mask.any(axis=0).sum())
+                    m.mask = np.roll(m.mask, width // 2, axis=1)
+            else:
+                round_ = turn.masks[0].round if turn.masks else 0
+                turn.masks = [m for m in turn.masks if m.category != "dog"]
+                turn.rejected.append(Rejection(label="dog", category="dog", phrase="dog", reason="no dog here",
+                                               round=round_))
+        return answer

@@ -30,17 +30,30 @@ def segment_detection(fo, segment: Segment, turn: int):
 
 def detection_mask(detection, width: int, height: int) -> np.ndarray:
     """The detection as a full `height` x `width` boolean mask; a box without a mask fills the box."""
-    bx, by, bw, bh = detection.bounding_box
-    x0, y0, w, h = round(bx * width), round(by * height), round(bw * width), round(bh * height)
     full = np.zeros((height, width), bool)
+    x0, y0, crop = pixel_crop(detection, width, height)
+    if crop.size:
+        full[y0:y0 + crop.shape[0], x0:x0 + crop.shape[1]] = crop
+    return full
+
+
+def pixel_crop(detection, width: int, height: int) -> tuple[int, int, np.ndarray]:
+    """(x0, y0, crop): the detection's mask at image resolution, inside the image, as the part
+    within its box; `detection_mask` without the full-image array (for large images)."""
+    return box_crop(detection.bounding_box, detection.get_mask() if detection.has_mask else None, width, height)
+
+
+def box_crop(bounding_box, crop: np.ndarray | None, width: int, height: int) -> tuple[int, int, np.ndarray]:
+    """`pixel_crop` of a relative box and its mask (None: the whole box), as FiftyOne stores them."""
+    bx, by, bw, bh = bounding_box
+    x0, y0, w, h = round(bx * width), round(by * height), round(bw * width), round(bh * height)
     if w <= 0 or h <= 0:
-        return full
-    crop = detection.get_mask() if detection.has_mask else None
+        return 0, 0, np.zeros((0, 0), bool)
     if crop is None:
         crop = np.ones((h, w), bool)
     elif crop.shape[:2] != (h, w):
         crop = cv2.resize((crop > 0).astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST)
     xs, ys, xe, ye = max(x0, 0), max(y0, 0), min(x0 + w, width), min(y0 + h, height)
-    if xe > xs and ye > ys:
-        full[ys:ye, xs:xe] = crop[ys - y0:ye - y0, xs - x0:xe - x0] > 0
-    return full
+    if xe <= xs or ye <= ys:
+        return 0, 0, np.zeros((0, 0), bool)
+    return xs, ys, crop[ys - y0:ye - y0, xs - x0:xe - x0] > 0

@@ -27,6 +27,14 @@ _RESERVED = {"id", "filepath", "tags", "metadata", "created_at", "last_modified_
              *IDENTITY_FIELDS, *IMAGE_FIELDS}
 
 
+def all_samples(dataset):
+    """Every image sample: each slice of a grouped dataset (image slices only), or a flat dataset's
+    samples (a FiftyOne dataset labelled with `run --from-fiftyone` and pushed back onto itself)."""
+    if dataset.media_type == "group":
+        return dataset.select_group_slices(media_type="image")
+    return dataset.view()
+
+
 def slice_name(image_index: int) -> str:
     return f"image{image_index + 1}"
 
@@ -53,6 +61,19 @@ class RunFields:
     error: str
     record: str  # the prediction line without its masks (JSON): pull rebuilds the line from it
     digest: str  # a hash of the whole line: a second push of the same line writes nothing
+    # how much a person should doubt the sample's labels (0..1, see review/doubt.py) and its parts
+    doubt: str
+    doubt_score: str
+    doubt_disagreement: str
+    doubt_conflict: str
+    doubt_shape: str
+    group_doubt: str  # the most doubtful sample of its FiftyOne group: what the review queue sorts by
+    group_score: str  # the lowest label score of its FiftyOne group (None: no label)
+
+    @property
+    def doubt_fields(self) -> tuple[str, ...]:
+        return (self.doubt, self.doubt_score, self.doubt_disagreement, self.doubt_conflict, self.doubt_shape,
+                self.group_doubt, self.group_score)
 
     @classmethod
     def of(cls, labels: str) -> RunFields:

@@ -26,7 +26,9 @@ from autolabel.exporters.coco import ExportStats, ImageRecord, assign_image_ids,
 from autolabel.prediction import Prediction, Segment
 from autolabel.review.database import load_dataset
 from autolabel.review.detections import detection_mask
-from autolabel.review.layout import DEFAULT_REVIEWED_FIELD, IDENTITY_FIELDS, IMAGE_FIELDS, INFO_KEY, RunFields
+from autolabel.review.layout import (DEFAULT_REVIEWED_FIELD, IDENTITY_FIELDS, IMAGE_FIELDS, INFO_KEY, RunFields,
+                                     all_samples)
+from autolabel.review.lock import dataset_lock
 from autolabel.store import PredictionWriter
 
 CHANGES = ("untouched", "edited", "added", "deleted")
@@ -82,7 +84,9 @@ def pull(dataset_name: str, out: Path, *, since: str | None = None, reviewed: st
                              f"start the review with `autolabel review {dataset_name}`")
     started = datetime.now(timezone.utc)
     source = RunFields.of(review["source"])
-    view = dataset.select_group_slices().exists(source.record)
+    view = all_samples(dataset).exists(source.record)
+    # a dataset a run came from (`run --from-fiftyone`) has no `template` field: one field per template there
+    identity = [f for f in IDENTITY_FIELDS if f in dataset.get_field_schema()]
     if since:
         from fiftyone import ViewField as F
 
@@ -90,7 +94,7 @@ def pull(dataset_name: str, out: Path, *, since: str | None = None, reviewed: st
         cutoff = parse_since(since, review.get("last_pull")).astimezone(timezone.utc).replace(tzinfo=None)
         touched = view.match(F("last_modified_at") > cutoff).distinct("group._id")
         view = view.match(F("group._id").is_in(touched))
-    view = view.select_fields([source.labels, source.record, reviewed, *IDENTITY_FIELDS, *IMAGE_FIELDS])
+    view = view.select_fields([source.labels, source.record, reviewed, *identity, *IMAGE_FIELDS])
     image_ids = _image_ids(dataset)
     report = PullReport(reviewed, source.labels)
     templates = state["runs"][source.labels].get("templates") or {}
@@ -99,7 +103,7 @@ def pull(dataset_name: str, out: Path, *, since: str | None = None, reviewed: st
     with tempfile.TemporaryDirectory(prefix=".autolabel-pull-", dir=out.parent) as tmp:
         writer = PredictionWriter(Path(tmp))
         try:
-            for slices in _groups(view.sort_by([(f, 1) for f in IDENTITY_FIELDS])):
+            for slices in _groups(view.sort_by([(f, 1) for f in identity]), identity[:-1]):
                 pred = _corrected(slices, source, reviewed, image_ids, report)
                 writer.write([pred])
                 report.groups += 1
@@ -108,24 +112,27 @@ def pull(dataset_name: str, out: Path, *, since: str | None = None, reviewed: st
             writer.close()
         report.export = export_coco([Path(tmp)], out, description=f"autolabel review {reviewed!r} of FiftyOne "
                                                                      f"dataset {dataset_name!r}")
-    review["last_pull"] = started.isoformat(timespec="seconds")
-    dataset.info[INFO_KEY] = state
-    dataset.save()
+    with dataset_lock(dataset_name, "pull"):  # another writer may have changed dataset.info meanwhile
+        dataset.reload()
+        state = dict(dataset.info[INFO_KEY])
+        state["reviews"][reviewed]["last_pull"] = started.isoformat(timespec="seconds")
+        dataset.info[INFO_KEY] = state
+        dataset.save()
     return report
 
 
 def _image_ids(dataset) -> dict[str, int]:
     """COCO ids over every image in the dataset, not just the pulled ones, so partial pulls agree."""
     records: dict[str, ImageRecord] = {}
-    for file, image_id in zip(*dataset.select_group_slices().values(list(IMAGE_FIELDS))):
+    for file, image_id in zip(*all_samples(dataset).exists("file").values(list(IMAGE_FIELDS))):
         records.setdefault(file, ImageRecord(file, id=image_id))
     assign_image_ids(records)
     return {file: record.id for file, record in records.items()}
 
 
-def _groups(view) -> Iterator[list]:
+def _groups(view, keys: list[str]) -> Iterator[list]:
     """The view's samples, gathered per (group_id, template) (the view is sorted by identity)."""
-    for _, slices in groupby(view.iter_samples(autosave=False), key=lambda s: (s.group_id, s.template)):
+    for _, slices in groupby(view.iter_samples(autosave=False), key=lambda s: tuple(s[k] for k in keys)):
         yield list(slices)
 
 
