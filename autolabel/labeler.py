@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import sys
 import time
-import traceback
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -89,7 +88,8 @@ class Labeler:
                                       extra=dict(config.backend_option))
         self._backend_factory = backend_factory
         self._backend: Backend | None = None
-        # on a server, a "batch" is the requests in flight: the server batches them continuously
+        # on a server, a "batch" is the requests in flight: the server batches them continuously;
+        # None: `auto`, settled when the model loads
         self._batch_size: int | None = (config.concurrency if config.server else
                                         config.batch_size if isinstance(config.batch_size, int) else None)
 
@@ -109,17 +109,17 @@ class Labeler:
             except Exception as e:  # noqa: BLE001 - a model that will not load is a configuration error
                 raise AutolabelError(f"backend {self.config.backend!r} could not load model "
                                      f"{self.model_id!r}: {type(e).__name__}: {e}") from e
+            if self._batch_size is None:  # `auto`: the loaded model's device decides where probing starts
+                self._batch_size = AUTO_BATCH_START if self._on_cuda() else AUTO_BATCH_CPU
         return self._backend
 
     @property
     def batch_size(self) -> int:
-        """Requests per backend call; `auto` is resolved when the model loads."""
-        if self._batch_size is None:
-            self._batch_size = AUTO_BATCH_START if self._on_cuda() else AUTO_BATCH_CPU
-        return self._batch_size
+        """Requests per backend call: as given (with --server, --concurrency). `auto` settles when
+        the model loads (`predict` loads it first); until then it reads as AUTO_BATCH_CPU."""
+        return self._batch_size if self._batch_size is not None else AUTO_BATCH_CPU
 
     def _on_cuda(self) -> bool:
-        self.backend  # noqa: B018 - loading decides the device
         torch = sys.modules.get("torch")
         if torch is None or not torch.cuda.is_available():
             return False
@@ -179,6 +179,8 @@ class Labeler:
     # -- predicting ------------------------------------------------------------------------
     def predict(self, requests: list[Request]) -> Predicted:
         """Answers for `requests`, calling the backend `batch_size` requests at a time."""
+        if requests:
+            self.backend  # noqa: B018 - loaded first: that settles `--batch-size auto`
         done = Predicted()
         start = 0
         while start < len(requests):
@@ -221,7 +223,6 @@ class Labeler:
         except Exception as e:  # noqa: BLE001 - one group's failure must not stop the run
             if is_out_of_memory(e):
                 _free_cuda_cache()
-            e.__autolabel_trace__ = traceback.format_exc(limit=3)  # type: ignore[attr-defined]
             return e
 
     # -- lines -----------------------------------------------------------------------------
@@ -259,14 +260,16 @@ class Labeler:
     def failure(self, group: ImageGroup | BadGroup, key: str, stage: str, message: str, *,
                 template: Template | None = None, file: str | None = None, files: list[dict] | None = None,
                 prompt=None, images=None) -> Prediction:
-        name = prompt.name if prompt else template.name if template else key.split("|")[1]
-        thash = prompt.hash if prompt else template.content_hash if template else ""
+        """An error line for `key`, naming what was asked: the rendered `prompt`, else the `template`."""
+        if prompt is None and template is None:
+            raise TypeError("failure() needs the prompt or the template the key asked")
+        name, thash = (prompt.name, prompt.hash) if prompt else (template.name, template.content_hash)
         infos = [] if isinstance(group, BadGroup) else _image_infos(group, images)
         turns = [Turn(question=t.text) for t in prompt.turns] if prompt else []
         return Prediction(key=key, group_id=group.id, images=infos, template=name, template_hash=thash,
                           model=self.model_id, backend=self.config.backend, turns=turns, status="error",
                           error={"stage": stage, "message": message, "file": file, "files": files or []},
-                          category=prompt.category if prompt else template.category if template else "")
+                          category=(prompt or template).category)
 
     def group_failure(self, group: ImageGroup | BadGroup, stage: str, file: str | InputError,
                       reason: str = "") -> list[Prediction]:

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from autolabel.backends import available_backends
-from autolabel.backends.loading import DTYPES, HUB_ID, cached_snapshot, hf_offline
 from autolabel.config import RunConfig
 from autolabel.errors import AutolabelError
+from autolabel.loading import DTYPES, HUB_ID, cached_snapshot, hf_offline
 
 _PTH = re.compile(r"^(?:\w+:)?(?P<file>.+\.pth)$")  # as mask_heads reads a segment-anything checkpoint
 PROBE_TIMEOUT_S = 10.0

@@ -12,17 +12,17 @@ from pathlib import Path
 
 from autolabel.errors import AutolabelError
 from autolabel.images import IMAGE_EXTENSIONS
-from autolabel.sources import natural_key
+from autolabel.sources import folder_images
 from autolabel.templates import load_template, render
 
 
 def _image_names(group_dir: Path) -> list[str]:
     if not group_dir.is_dir():
         raise AutolabelError(f"{group_dir}: not a folder of images")
-    names = [p.name for p in group_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS]
+    names = [p.name for p in folder_images(group_dir)[0]]  # as `run` lists a group folder
     if not names:
         raise AutolabelError(f"{group_dir}: no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
-    return sorted(names, key=natural_key)
+    return names
 
 
 def _group(path: Path, group_id: str | None, variables: dict[str, str]):

@@ -40,7 +40,8 @@ def main() -> None:
     from autolabel.prima.config import LoraSpec, SquareSpec
     from autolabel.prima.data import load_records
     from autolabel.prima.model import PrimaModel
-    from autolabel.prima.train import TrainOptions, train, validate
+    from autolabel.prima.train import TrainOptions, train
+    from autolabel.prima_validation import validate
 
     if args.device == "cpu":
         torch.set_num_threads(2)

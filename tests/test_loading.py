@@ -14,9 +14,9 @@ import pytest
 import torch
 from tiny_sam import tiny_mask_model
 
-from autolabel.backends.loading import load_weights_only, pick_device, pick_dtype, resolve_pretrained
 from autolabel.backends.mask_heads import PromptSet, load_mask_head
 from autolabel.errors import AutolabelError, ModelNotAvailable
+from autolabel.loading import load_weights_only, pick_device, pick_dtype, resolve_pretrained
 
 
 @pytest.fixture

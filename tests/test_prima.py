@@ -20,7 +20,8 @@ from autolabel.prima.build import build_from_parts
 from autolabel.prima.config import LoraSpec, SquareSpec
 from autolabel.prima.data import convert_coco, load_records
 from autolabel.prima.model import Example, PrimaModel, Target, Turn
-from autolabel.prima.train import TrainOptions, train, validate
+from autolabel.prima.train import TrainOptions, train
+from autolabel.prima_validation import validate
 
 SQUARE = SquareSpec(num_relational_queries=4, num_image_queries=4, num_layers=1, num_heads=2)
 
@@ -147,6 +148,42 @@ def test_coco_and_questions_convert_to_training_lines(tmp_path):
     assert turn["targets"][0]["mask"] == records[0].data["conversation"][0]["targets"][0]["mask"]
 
 
+def test_convert_coco_errors_are_one_line_and_exit_2(tmp_path):
+    """A missing file or a bad questions line: one line naming it, exit 2, no traceback, no partial output."""
+    from autolabel.prima.scoring import write_ground_truth
+
+    task = make_task(tmp_path, 2, seed=0)
+    coco = write_ground_truth(load_records(task).records, tmp_path / "gt.json")
+    files = json.loads(task.read_text().splitlines()[0])["images"]
+    good = {"id": "a", "images": files, "question": "Segment it.", "targets": ["red circle"]}
+    questions = write_lines(tmp_path / "q.jsonl", [good])
+    not_json = tmp_path / "not-json.jsonl"
+    not_json.write_text(json.dumps(good) + "\n{not json\n")
+    no_targets = write_lines(tmp_path / "no-targets.jsonl", [good, {k: v for k, v in good.items() if k != "targets"}])
+    out = tmp_path / "out.jsonl"
+    cases = [((tmp_path / "nope.json", questions), "nope.json: no such COCO file"),
+             ((coco, tmp_path / "nope.jsonl"), "nope.jsonl: no such questions file"),
+             ((not_json, questions), "not-json.jsonl: the COCO file is not JSON"),
+             ((coco, not_json), "not-json.jsonl:2: not a JSON line"),
+             ((coco, no_targets), "no-targets.jsonl:2: missing field 'targets'")]
+    for (coco_file, questions_file), message in cases:
+        r = cli("train", "convert-coco", str(coco_file), "--questions", str(questions_file), "--images", str(tmp_path),
+                "-o", str(out))
+        assert r.returncode == 2 and message in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert not out.exists()
+
+
+def test_an_unreadable_validation_image_is_an_error_naming_its_line(tmp_path):
+    from autolabel.prima.data import Record
+    from autolabel.prima.scoring import write_ground_truth
+
+    record = Record("val.jsonl:3", tmp_path, {"images": ["gone.png"],
+                                              "conversation": [{"question": "q", "answer": "Nothing."}]})
+    with pytest.raises(AutolabelError, match=r"val.jsonl:3: image 'gone.png' not found"):
+        write_ground_truth([record], tmp_path / "gt.json")
+
+
 def test_training_resumes_from_its_checkpoint(parts, tmp_path):
     task = make_task(tmp_path, 6, seed=0)
     base = dict(data=task, vision=parts["vision"], llm=parts["llm"], sam=parts["sam"], sam_spec=TINY_SAM,
@@ -226,7 +263,7 @@ def test_a_tiny_prima_learns_the_synthetic_multi_image_task(parts, tmp_path):
     summary = train(TrainOptions(data=train_file, val=val_file, out=tmp_path / "out", vision=parts["vision"],
                                  llm=parts["llm"], sam=parts["sam"], sam_spec=TINY_SAM, square=square,
                                  lora=LoraSpec(r=16, alpha=32, dropout=0.0), epochs=5, batch_size=4, lr=2e-3,
-                                 save_every=10_000, max_new_tokens=96))
+                                 save_every=10_000, max_new_tokens=96), validate=validate)
     trained = max(summary.metrics, key=lambda m: m["gIoU"])  # the best epoch: later ones fluctuate
     assert untrained["gIoU"] == 0.0 and untrained["N-acc"] is None
     assert trained["gIoU"] >= 0.15 and trained["N-acc"] >= 0.2 and trained["T-acc"] >= 0.4

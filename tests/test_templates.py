@@ -275,3 +275,21 @@ def test_prompts_render_cli_applies_var(tmp_path):
                                       "--var", "targets=cup=mug, plate"])
     assert result.exit_code == 0, result.output
     assert "appears: cup, plate." in result.output and "ontology: cup -> mug, plate" in result.output
+
+
+def test_prompts_render_lists_a_folder_as_run_does(tmp_path):
+    """Dotfiles (e.g. macOS `._2.png`) and folders are not images of the group; natural order."""
+    from PIL import Image
+
+    from autolabel.prompt_view import render_for_group
+    from autolabel.sources import open_source
+
+    group = tmp_path / "data" / "g"
+    group.mkdir(parents=True)
+    for name in ("10.png", "2.png", "._2.png", ".hidden.jpg"):
+        Image.new("RGB", (8, 8)).save(group / name, format="PNG")
+    (group / "sub.png").mkdir()
+    text = render_for_group("multi-target", group, {})
+    assert [line for line in text.splitlines() if line.startswith("Image ")] == ["Image 1: 2.png", "Image 2: 10.png"]
+    [run_group] = list(open_source(tmp_path / "data"))
+    assert [im.file for im in run_group.images] == ["g/2.png", "g/10.png"]

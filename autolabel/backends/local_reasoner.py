@@ -33,7 +33,7 @@ class TransformersReasoner(Reasoner):
         import xgrammar as xgr
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
-        from autolabel.backends.loading import resolve_pretrained
+        from autolabel.loading import resolve_pretrained
 
         self.device, self.dtype, self.options = device, dtype, options
         self.model_id = model_id

@@ -6,9 +6,10 @@ later template over the same group reuse it. The encoder is the expensive part, 
 images of a call are encoded together; decoding is cheap and runs per image on the cached
 embedding, which is also how ragged prompt counts per image are handled.
 
-`load_mask_head` picks the implementation (a plain registry, `MASK_HEADS`, keyed by model type):
+`load_mask_head` picks the implementation from one plain table, `MASK_HEADS` (model type ->
+"module:Class"; the implementations import this module, never the other way round):
 - `*.pth` (optionally `vit_b:/path.pth`): an original segment-anything checkpoint
-  (`sam_segment_anything.py`);
+  (`sam_segment_anything.py`, listed as `PTH_HEAD`);
 - a hub id or directory whose config.json says `sam` or `sam2`: transformers `SamModel` /
   `Sam2Model` (`sam_transformers.py`);
 - `sam3` / `sam3_video`: transformers `Sam3Model`, prompted by phrase (`sam_text.py`).
@@ -190,12 +191,15 @@ def image_slice(batch: Any, i: int) -> Any:
     return map_tensors(batch, lambda t: t[i:i + 1])
 
 
-# config.json `model_type` -> "module:Class" of the head for transformers checkpoints
+# segment-anything `.pth` files, listed with the transformers heads (no config.json says this)
+PTH_HEAD = ".pth"
+# config.json `model_type` -> "module:Class" of the head for transformers checkpoints; PTH_HEAD for `.pth` files
 MASK_HEADS: dict[str, str] = {
     "sam": "autolabel.backends.sam_transformers:TransformersSam",
     "sam2": "autolabel.backends.sam_transformers:TransformersSam",
     "sam3": "autolabel.backends.sam_text:Sam3TextHead",
     "sam3_video": "autolabel.backends.sam_text:Sam3TextHead",  # facebook/sam3 ships this config
+    PTH_HEAD: "autolabel.backends.sam_segment_anything:SegmentAnythingSam",
 }
 
 _PTH = re.compile(r"^(?:(?P<variant>\w+):)?(?P<file>.+\.pth)$")
@@ -206,22 +210,22 @@ def load_mask_head(model: str, *, device: str, dtype, cache_size: int = 64,
     """The mask head for a hub id, a directory, or a segment-anything `.pth` file."""
     pth = _PTH.match(model)
     if pth:
-        from autolabel.backends.sam_segment_anything import SegmentAnythingSam
-
-        return SegmentAnythingSam(model, pth["file"], pth["variant"], device=device, dtype=dtype,
-                                  cache_size=cache_size)
-    from autolabel.backends.loading import resolve_pretrained
+        return _head_class(PTH_HEAD)(model, pth["file"], pth["variant"], device=device, dtype=dtype,
+                                     cache_size=cache_size)
+    from autolabel.loading import resolve_pretrained
 
     path = resolve_pretrained(model, local_files_only=local_files_only)
     config = Path(path) / "config.json"
     if not config.is_file():
         raise ModelNotAvailable(f"mask model {model!r}: {path} has no config.json (not a transformers checkpoint)")
     model_type = json.loads(config.read_text()).get("model_type", "")
-    target = MASK_HEADS.get(model_type)
-    if target is None:
+    if model_type == PTH_HEAD or model_type not in MASK_HEADS:
         raise AutolabelError(f"--mask-model {model}: model type {model_type!r} is not a supported mask head; "
-                             f"supported: {', '.join(MASK_HEADS)} via transformers, "
+                             f"supported: {', '.join(t for t in MASK_HEADS if t != PTH_HEAD)} via transformers, "
                              "or a segment-anything .pth file")
-    module, _, name = target.partition(":")
-    head_class = getattr(importlib.import_module(module), name)
-    return head_class(model, path, model_type, device=device, dtype=dtype, cache_size=cache_size)
+    return _head_class(model_type)(model, path, model_type, device=device, dtype=dtype, cache_size=cache_size)
+
+
+def _head_class(kind: str) -> type[MaskHead]:
+    module, _, name = MASK_HEADS[kind].partition(":")
+    return getattr(importlib.import_module(module), name)

@@ -18,25 +18,34 @@ class PrimaBackend(Backend):
     name = "prima"
     default_model = None  # no public PRIMA weights: train one (`autolabel train prima`) and pass --model DIR
 
-    def __init__(self, options: BackendOptions):
+    def __init__(self, options: BackendOptions, model=None):
+        """Loads the checkpoint `options.model`, or serves `model`, a PrimaModel already in memory
+        (validation during training)."""
         super().__init__(options)
-        from autolabel.backends.loading import pick_device, pick_dtype, resolve_pretrained
-        from autolabel.errors import AutolabelError
-        from autolabel.prima.model import PrimaModel
+        if model is None:
+            from autolabel.errors import AutolabelError
+            from autolabel.loading import pick_device, pick_dtype, resolve_pretrained
+            from autolabel.prima.model import PrimaModel
 
-        if not options.model:
-            raise AutolabelError("--backend prima needs --model DIR: a checkpoint written by `autolabel train prima`")
-        self.device = pick_device(options.device)
-        self.model = PrimaModel.from_pretrained(resolve_pretrained(options.model), device=self.device,
-                                                dtype=pick_dtype(options.dtype, self.device))
-        self.sources = self.model.config.sources
+            if not options.model:
+                raise AutolabelError("--backend prima needs --model DIR: a checkpoint written by "
+                                     "`autolabel train prima`")
+            device = pick_device(options.device)
+            model = PrimaModel.from_pretrained(resolve_pretrained(options.model), device=device,
+                                               dtype=pick_dtype(options.dtype, device))
+        self.model = model
+        self.sources = model.config.sources
 
     def model_info(self) -> dict:
         return {"model": self.model_id, "sources": self.sources}
 
     def predict(self, requests: list[Request]) -> list[Answer]:
-        """The batch's groups are generated together (left-padded), turn by turn."""
-        generated = self.model.generate_batch([_example(r) for r in requests],
+        return self.answer(requests, [_example(r) for r in requests])
+
+    def answer(self, requests: list[Request], examples: list) -> list[Answer]:
+        """Each request answered by generating on its PRIMA Example; the batch's groups are generated
+        together (left-padded), turn by turn."""
+        generated = self.model.generate_batch(examples,
                                               max_new_tokens=self.options.max_new_tokens or PRIMA_MAX_NEW_TOKENS)
         return [self._answer(request, turns) for request, turns in zip(requests, generated)]
 

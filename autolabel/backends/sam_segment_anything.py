@@ -30,7 +30,7 @@ class SegmentAnythingSam(MaskHead):
         from segment_anything import sam_model_registry
         from segment_anything.utils.transforms import ResizeLongestSide
 
-        from autolabel.backends.loading import load_weights_only
+        from autolabel.loading import load_weights_only
 
         if not path.is_file():
             raise ModelNotAvailable(f"mask model {model_id!r}: file {path.resolve()} not found")

@@ -312,7 +312,7 @@ def local_model_config(model: str, root: str | None) -> tuple[str | None, dict, 
 
     Looked for, without network, at the served name and at the server's `root` (vLLM reports
     the path or hub id it loaded): a local directory or a Hugging Face cache snapshot."""
-    from autolabel.backends.loading import HUB_ID, cached_snapshot
+    from autolabel.loading import HUB_ID, cached_snapshot
 
     for name in dict.fromkeys(n for n in (root, model) if n):
         path = Path(name).expanduser()

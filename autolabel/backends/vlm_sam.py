@@ -72,10 +72,10 @@ class VlmSamBackend(Backend):
 
     def __init__(self, options: BackendOptions):
         super().__init__(options)
-        from autolabel.backends.loading import pick_device, pick_dtype
         from autolabel.backends.local_reasoner import snapshot_revision
         from autolabel.backends.mask_batcher import MaskBatcher
         from autolabel.backends.mask_heads import load_mask_head
+        from autolabel.loading import pick_device, pick_dtype
 
         self.device = pick_device(options.device)
         self.dtype = pick_dtype(options.dtype, self.device)

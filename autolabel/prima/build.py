@@ -27,7 +27,7 @@ def build_from_parts(vision: str, llm: str, sam: str, *, sam_spec: SamSpec | Non
     import transformers
     from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
-    from autolabel.backends.loading import load_weights_only, resolve_pretrained
+    from autolabel.loading import load_weights_only, resolve_pretrained
 
     vision_dir = resolve_pretrained(vision)
     kind = AutoConfig.from_pretrained(vision_dir).model_type

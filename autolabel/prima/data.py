@@ -55,6 +55,14 @@ class Record:
                  for t in self.data["conversation"]]
         return Example(images, turns)
 
+    def questions(self, *, max_pixels: int | None = None):
+        """The images and the questions (with their `<ref>` boxes), no answers: what validation asks."""
+        from autolabel.prima.model import Example, Turn
+
+        images = [self._image(file, max_pixels) for file in self.data["images"]]
+        return Example(images, [Turn(t["question"], refs=[(r["image"], r["box"]) for r in t.get("refs", [])])
+                                for t in self.data["conversation"]])
+
     def _image(self, file: str, max_pixels: int | None):
         kwargs = {"max_pixels": max_pixels} if max_pixels else {}
         try:
@@ -83,8 +91,9 @@ def load_records(path: Path, *, skip_bad: bool = False, check_images: bool = Tru
             try:
                 data = json.loads(line)
                 _check(data, path.parent, check_images)
-            except (json.JSONDecodeError, ValueError, KeyError, TypeError) as e:
-                reason = f"{source}: {e}" if not isinstance(e, KeyError) else f"{source}: missing field {e}"
+            except (json.JSONDecodeError, ValueError, KeyError, TypeError, InputError) as e:
+                reason = (f"{source}: missing field {e}" if isinstance(e, KeyError) else
+                          f"{source}: {_image_problem(e)}" if isinstance(e, InputError) else f"{source}: {e}")
                 if not skip_bad:
                     raise AutolabelError(f"{reason} (pass --skip-bad to leave bad lines out)") from None
                 skipped.append(reason)
@@ -136,7 +145,7 @@ def _check(data: dict, root: Path, check_images: bool) -> None:
 
 
 def image_size(path: Path, file: str) -> tuple[int, int]:
-    """(height, width) after EXIF orientation, read from the header only."""
+    """(height, width) after EXIF orientation, read from the header only; InputError if unusable."""
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -144,9 +153,21 @@ def image_size(path: Path, file: str) -> tuple[int, int]:
             turned = image.getexif().get(0x0112, 1) in (5, 6, 7, 8)  # EXIF orientations that swap the sides
             return (image.width, image.height) if turned else (image.height, image.width)
     except FileNotFoundError:
-        raise ValueError(f"image {file!r} not found (looked at {path})") from None
+        raise InputError(file, f"not found (looked at {path})") from None
     except (UnidentifiedImageError, OSError) as e:
-        raise ValueError(f"image {file!r} cannot be read: {e}") from None
+        raise InputError(file, f"cannot be read: {e}") from None
+
+
+def record_image_size(record: Record, file: str) -> tuple[int, int]:
+    """`image_size` of one of a record's images; an unusable one is an error naming the line."""
+    try:
+        return image_size(record.root / file, file)
+    except InputError as e:
+        raise AutolabelError(f"{record.source}: {_image_problem(e)}") from None
+
+
+def _image_problem(e: InputError) -> str:
+    return f"image {e.file!r} {e.reason}"
 
 
 def convert_coco(coco: Path, questions: Path, images_root: Path, out: Path) -> int:
@@ -156,52 +177,104 @@ def convert_coco(coco: Path, questions: Path, images_root: Path, out: Path) -> i
     `{"id": "g1", "images": ["a.jpg", "b.jpg"], "question": "Segment every mug.", "targets": ["mug"]}`
     (`images` are COCO file_names). The answer is written from the masks: "In Image k, the mug
     [SEG]." for every instance, "There is no mug [REJ]." for a target on none of the images.
+    A missing or unreadable file, or a line or annotation that does not fit, is an AutolabelError
+    naming it (and the partly written `out` is removed).
     """
+    data = _read_json(Path(coco), "COCO file")
+    try:
+        by_file = {image["file_name"]: image for image in data["images"]}
+        names = {c["id"]: c["name"] for c in data["categories"]}
+        instances: dict[tuple[int, str], list[dict]] = {}
+        for a in data["annotations"]:
+            if a["category_id"] not in names:
+                raise AutolabelError(f"{coco}: annotation {a.get('id')!r} has category_id {a['category_id']!r}, "
+                                     "which is not among its categories")
+            instances.setdefault((a["image_id"], names[a["category_id"]]), []).append(a)
+    except (KeyError, TypeError) as e:
+        raise AutolabelError(f"{coco}: not a COCO file with images, categories and annotations "
+                             f"({_what_is_wrong(e)})") from None
+    out = Path(out)
+    relative_root = Path(os.path.relpath(Path(images_root).resolve(), out.resolve().parent))
+    text = _read_text(Path(questions), "questions file")
+    try:
+        f = out.open("w", encoding="utf-8")
+    except OSError as e:
+        raise AutolabelError(f"{out}: cannot write the training lines ({e.strerror or e})") from None
+    written = 0
+    try:
+        with f:
+            for lineno, line in enumerate(text.splitlines(), 1):
+                if not line.strip():
+                    continue
+                where = f"{questions}:{lineno}"
+                try:
+                    q = json.loads(line)
+                    f.write(_training_line(q, lineno, by_file, instances, relative_root, where, coco))
+                except json.JSONDecodeError as e:
+                    raise AutolabelError(f"{where}: not a JSON line ({e})") from None
+                except (KeyError, TypeError, ValueError) as e:
+                    raise AutolabelError(f"{where}: {_what_is_wrong(e)}") from None
+                written += 1
+    except AutolabelError:
+        out.unlink(missing_ok=True)
+        raise
+    return written
+
+
+def _training_line(q: dict, lineno: int, by_file: dict, instances: dict, relative_root: Path, where: str,
+                   coco: Path) -> str:
+    """One questions line as a training line (JSON text with its newline)."""
     from pycocotools import mask as mask_utils
 
     from autolabel.masks import decode_rle, encode_rle
 
-    data = json.loads(Path(coco).read_text())
-    by_file = {image["file_name"]: image for image in data["images"]}
-    names = {c["id"]: c["name"] for c in data["categories"]}
-    instances: dict[tuple[int, str], list[dict]] = {}
-    for a in data["annotations"]:
-        instances.setdefault((a["image_id"], names[a["category_id"]]), []).append(a)
-    out = Path(out)
-    relative_root = Path(os.path.relpath(Path(images_root).resolve(), out.resolve().parent))
-    written = 0
-    with out.open("w", encoding="utf-8") as f:
-        for lineno, line in enumerate(Path(questions).read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            q = json.loads(line)
-            missing = [file for file in q["images"] if file not in by_file]
-            if missing:
-                raise AutolabelError(f"{questions}:{lineno}: {missing[0]!r} is not an image of {coco}")
-            answer, targets = [], []
-            for name in q["targets"]:
-                found = False
-                for k, file in enumerate(q["images"]):
-                    image = by_file[file]
-                    for a in instances.get((image["id"], name), []):
-                        seg = a["segmentation"]
-                        if isinstance(seg, dict):  # RLE, compressed or not
-                            rle = seg
-                        else:  # polygons: one mask, their union
-                            rle = _as_string_rle(mask_utils.merge(mask_utils.frPyObjects(seg, image["height"],
-                                                                                          image["width"])))
-                        answer.append(f"In Image {k + 1}, the {name} [SEG].")
-                        targets.append({"image": k, "label": name, "mask": encode_rle(decode_rle(rle))})
-                        found = True
-                if not found:
-                    answer.append(f"There is no {name} [REJ].")
-                    targets.append({"label": name, "absent": True})
-            f.write(json.dumps({"id": q.get("id", f"line-{lineno}"),
-                                "images": [str(relative_root / file) for file in q["images"]],
-                                "conversation": [{"question": q["question"], "answer": " ".join(answer),
-                                                  "targets": targets}]}) + "\n")
-            written += 1
-    return written
+    if not isinstance(q, dict):
+        raise TypeError("a questions line must be a JSON object")
+    missing = [file for file in q["images"] if file not in by_file]
+    if missing:
+        raise AutolabelError(f"{where}: {missing[0]!r} is not an image of {coco}")
+    answer, targets = [], []
+    for name in q["targets"]:
+        found = False
+        for k, file in enumerate(q["images"]):
+            image = by_file[file]
+            for a in instances.get((image["id"], name), []):
+                seg = a["segmentation"]
+                if isinstance(seg, dict):  # RLE, compressed or not
+                    rle = seg
+                else:  # polygons: one mask, their union
+                    rle = _as_string_rle(mask_utils.merge(mask_utils.frPyObjects(seg, image["height"],
+                                                                                  image["width"])))
+                answer.append(f"In Image {k + 1}, the {name} [SEG].")
+                targets.append({"image": k, "label": name, "mask": encode_rle(decode_rle(rle))})
+                found = True
+        if not found:
+            answer.append(f"There is no {name} [REJ].")
+            targets.append({"label": name, "absent": True})
+    return json.dumps({"id": q.get("id", f"line-{lineno}"),
+                       "images": [str(relative_root / file) for file in q["images"]],
+                       "conversation": [{"question": q["question"], "answer": " ".join(answer),
+                                         "targets": targets}]}) + "\n"
+
+
+def _read_text(path: Path, what: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise AutolabelError(f"{path}: no such {what}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise AutolabelError(f"{path}: cannot read the {what} ({getattr(e, 'strerror', None) or e})") from None
+
+
+def _read_json(path: Path, what: str):
+    try:
+        return json.loads(_read_text(path, what))
+    except json.JSONDecodeError as e:
+        raise AutolabelError(f"{path}: the {what} is not JSON ({e})") from None
+
+
+def _what_is_wrong(e: Exception) -> str:
+    return f"missing field {e}" if isinstance(e, KeyError) else str(e)
 
 
 def _as_string_rle(rle: dict) -> dict:

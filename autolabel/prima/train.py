@@ -1,9 +1,11 @@
 """`autolabel train prima`: the training loop, with accumulation, checkpoints, resume and validation.
 
 Checkpoints (`OUT/checkpoints/step-N/`) hold the model with LoRA unmerged, the optimizer and the
-loop's position, so `--resume` continues exactly where a killed run stopped. Each epoch ends with
-validation through the same generate path inference uses, scored by `autolabel eval`'s metrics;
-the figures go to `OUT/metrics.jsonl`. The final model is saved in OUT with LoRA merged.
+loop's position, so `--resume` continues exactly where a killed run stopped. With `--val`, each
+epoch ends with validation by the `validate` function the caller hands in (the prima backend's
+path, which sits above this package: `autolabel/prima_validation.py`), scored by `autolabel
+eval`'s metrics; the figures go to `OUT/metrics.jsonl`. The final model is saved in OUT with LoRA
+merged.
 """
 
 from __future__ import annotations
@@ -12,8 +14,8 @@ import json
 import math
 import random
 import shutil
-import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -70,10 +72,17 @@ class TrainSummary:
     resumed_from: str | None = None
 
 
-def train(options: TrainOptions, progress=None) -> TrainSummary:
-    """Train, validate per epoch, checkpoint; the finished model lands in `options.out`."""
-    from autolabel.backends.loading import pick_device
+# scores a model on validation records: (model, records, max_new_tokens) -> metrics
+Validate = Callable[[PrimaModel, list[Record], int], dict]
 
+
+def train(options: TrainOptions, progress=None, validate: Validate | None = None) -> TrainSummary:
+    """Train, validate per epoch (`options.val`, scored by `validate`), checkpoint; the finished
+    model lands in `options.out`."""
+    from autolabel.loading import pick_device
+
+    if options.val is not None and validate is None:
+        raise TypeError("train: options.val needs validate= (autolabel.prima_validation.validate)")
     device = pick_device(options.device)
     train_data = load_records(options.data, skip_bad=options.skip_bad)
     val_data = load_records(options.val, skip_bad=options.skip_bad) if options.val else None
@@ -93,7 +102,8 @@ def train(options: TrainOptions, progress=None) -> TrainSummary:
     if progress:
         progress.start(options.epochs * batches_per_epoch, done=state["epoch"] * batches_per_epoch + state["batch"])
     try:
-        _loop(model, optimizer, trainable, train_data.records, val_data, options, state, summary, autocast, progress)
+        _loop(model, optimizer, trainable, train_data.records, val_data, options, state, summary, autocast, progress,
+              validate)
     finally:
         if progress:
             progress.stop()
@@ -103,7 +113,7 @@ def train(options: TrainOptions, progress=None) -> TrainSummary:
 
 
 def _loop(model: PrimaModel, optimizer, trainable: list, records: list[Record], val_data, options: TrainOptions,
-          state: dict, summary: TrainSummary, autocast, progress) -> None:
+          state: dict, summary: TrainSummary, autocast, progress, validate: Validate | None) -> None:
     batches_per_epoch = math.ceil(len(records) / options.batch_size)
     for epoch in range(state["epoch"], options.epochs):
         order = list(range(len(records)))
@@ -142,21 +152,6 @@ def _loop(model: PrimaModel, optimizer, trainable: list, records: list[Record], 
 
 def _examples(batch: list[Record]) -> list:
     return [record.example() for record in batch]
-
-
-def validate(model: PrimaModel, records: list[Record], max_new_tokens: int) -> dict[str, float | None]:
-    """Generate on the records and score with `autolabel eval` (gIoU, cIoU, N-acc, T-acc, ...)."""
-    from autolabel.evaluation import evaluate
-    from autolabel.prima.scoring import write_ground_truth, write_predictions
-
-    was_training = model.training
-    model.eval()
-    with tempfile.TemporaryDirectory(prefix="autolabel-prima-val-") as tmp:
-        gt = write_ground_truth(records, Path(tmp) / "gt.json")
-        write_predictions(model, records, Path(tmp) / "run", max_new_tokens)
-        result = evaluate(Path(tmp) / "run", gt)
-    model.train(was_training)
-    return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in result.overall.items()}
 
 
 def _start_model(options: TrainOptions, latest: Path | None) -> PrimaModel:

@@ -63,11 +63,6 @@ def load_dataset(name: str):
     return dataset
 
 
-def require_field(dataset, field: str, hint: str) -> None:
-    if field not in dataset.get_field_schema():
-        raise AutolabelError(f"FiftyOne dataset {dataset.name!r} has no field {field!r}; {hint}")
-
-
 def _ping(uri: str) -> None:
     """Fail in seconds, not after pymongo's 30 s server selection, when the server is not there."""
     import pymongo
