@@ -361,6 +361,7 @@ def train_prima(
     """Train PRIMA: SQuARE + LoRA LLM + SAM decoder; checkpoints, --resume, validation per epoch."""
     from autolabel.prima.config import LoraSpec, SquareSpec
     from autolabel.prima.train import TrainOptions, train
+    from autolabel.prima_validation import validate
     from autolabel.progress import TrainProgress
 
     square = SquareSpec(num_relational_queries=max(relational_queries, 1), num_image_queries=image_queries,
@@ -370,7 +371,7 @@ def train_prima(
                            skip_bad=skip_bad, square=square, lora=LoraSpec(r=lora_r, alpha=2 * lora_r),
                            device=device, seed=seed)
     err = _console(stderr=True)
-    summary = train(options, TrainProgress(err))
+    summary = train(options, TrainProgress(err), validate=validate)
     for line in summary.skipped:
         err.print(f"[yellow]skipped:[/] {escape(line)}", soft_wrap=True)
     for metrics in summary.metrics:

@@ -1,7 +1,7 @@
 """The central record: one prediction line per (group x template x model) in predictions.jsonl.
 
 Every later step (export, push, eval) reads these records, so their JSON form is a contract
-(see DESIGN.md): change it only in ways old readers survive.
+(README.md, "Outputs"): change it only in ways old readers survive.
 """
 
 from __future__ import annotations

@@ -157,17 +157,9 @@ def _folder_groups(resolver: _PathResolver, stats: SourceStats) -> Iterator[Imag
     entries = sorted((p for p in root.iterdir() if not p.name.startswith(".")), key=lambda p: natural_key(p.name))
     for entry in entries:
         if entry.is_dir():
-            files = []
-            for f in sorted(entry.iterdir(), key=lambda p: natural_key(p.name)):
-                name = f"{entry.name}/{f.name}"
-                if f.name.startswith("."):
-                    continue
-                if f.is_dir():
-                    stats.skipped.append((name, "a folder inside a group folder"))
-                elif is_image_file(f):
-                    files.append(name)
-                else:
-                    stats.skipped.append((name, "not an image file (by its extension)"))
+            images, skipped = folder_images(entry)
+            stats.skipped += [(f"{entry.name}/{name}", why) for name, why in skipped]
+            files = [f"{entry.name}/{f.name}" for f in images]
             if files:
                 yield _group(resolver, entry.name, files)
             else:
@@ -176,6 +168,22 @@ def _folder_groups(resolver: _PathResolver, stats: SourceStats) -> Iterator[Imag
             yield _group(resolver, entry.name, [entry.name])
         else:
             stats.skipped.append((entry.name, "not an image file (by its extension)"))
+
+
+def folder_images(folder: Path) -> tuple[list[Path], list[tuple[str, str]]]:
+    """A group folder's image files in natural order, and the names left out with why (a folder, a
+    file that is not an image); dotfiles are left out silently. Every command lists a folder so."""
+    images, skipped = [], []
+    for f in sorted(folder.iterdir(), key=lambda p: natural_key(p.name)):
+        if f.name.startswith("."):
+            continue
+        if f.is_dir():
+            skipped.append((f.name, "a folder inside a group folder"))
+        elif is_image_file(f):
+            images.append(f)
+        else:
+            skipped.append((f.name, "not an image file (by its extension)"))
+    return images, skipped
 
 
 def _flat_groups(resolver: _PathResolver, pattern: re.Pattern, stats: SourceStats) -> Iterator[ImageGroup | BadGroup]:
