@@ -118,6 +118,15 @@ def run(
                                                               "groups (or samples) are the image groups; `push` "
                                                               "writes back onto the same samples.")] = None,
     view: Annotated[Optional[str], typer.Option(help="--from-fiftyone: label only this saved view.")] = None,
+    fps: Annotated[Optional[float], typer.Option(help="Video: frames per second labelled (tracked).  "
+                                                      "\[default: every frame]")] = None,
+    max_frames: Annotated[Optional[int], typer.Option(help="Video: label at most the first N sampled frames "
+                                                           "of a clip.")] = None,
+    keyframes: Annotated[Optional[int], typer.Option(help="Video: frames the VLM sees, spread over the clip; "
+                                                          "each target found on one is tracked through the "
+                                                          "clip.  \[default: 4]")] = None,
+    frames: Annotated[bool, typer.Option("--frames", help="INPUT is a folder of ordered frame images: one "
+                                                          "clip (or each subfolder one clip).")] = False,
     config: Annotated[Optional[Path], typer.Option(help="YAML run file with the same options; flags win.")] = None,
 ) -> None:
     """Label every group of INPUT with each --prompt template, writing RUN_DIR/predictions.jsonl.
@@ -171,6 +180,22 @@ def export_coco(
     check_output_file(output, "--output")
     with _writing(output):
         stats = _export(list(run_dirs), output, polygons=polygons, min_score=min_score)
+    _console(stderr=True).print(f"wrote {output}: {stats}")
+
+
+@export_app.command("ytvis")
+def export_ytvis(
+    run_dirs: Annotated[list[Path], typer.Argument(help="One or more run directories (shards merge).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="YouTube-VIS JSON file to write.")],
+    min_score: Annotated[float, typer.Option(help="Drop masks scored below this.")] = 0.0,
+) -> None:
+    """Write YouTube-VIS JSON of the video clips: one annotation per track, a segmentation per frame."""
+    from autolabel.exporters.ytvis import export_ytvis as _export
+    from autolabel.store import check_output_file
+
+    check_output_file(output, "--output")
+    with _writing(output):
+        stats = _export(list(run_dirs), output, min_score=min_score)
     _console(stderr=True).print(f"wrote {output}: {stats}")
 
 
@@ -304,9 +329,16 @@ def evaluate(
     fail_under: Annotated[Optional[list[str]], typer.Option(
         "--fail-under", help="METRIC=VALUE; exit 1 when the metric is below it. Repeatable.")] = None,
 ) -> None:
-    """Score labels against ground truth: gIoU, cIoU, mIoU, recall@0.5, N-acc, T-acc, AP."""
+    """Score labels against ground truth: gIoU, cIoU, mIoU, recall@0.5, N-acc, T-acc, AP; on video
+    ground truth (YouTube-VIS, or COCO frames with video_id) J, F and J&F per track and overall."""
     import json
 
+    from autolabel.evaluation.video_metrics import is_video_ground_truth
+
+    if is_video_ground_truth(gt):  # video: J / F / J&F (evaluation/video_cli.py)
+        from autolabel.evaluation.video_cli import run_video_eval
+
+        raise typer.Exit(run_video_eval(pred, gt, fail_under or [], json_out, _console(), _console(stderr=True)))
     from autolabel.evaluation import evaluate as _evaluate, failures, parse_fail_under, render_table, write_report
 
     thresholds = parse_fail_under(fail_under or [])
@@ -405,7 +437,16 @@ def push(
     image_root: Annotated[Optional[Path], typer.Option(help="Where the run's images are now, if not at the "
                                                             "input root run.json records.")] = None,
 ) -> None:
-    """Push predictions into a persistent grouped FiftyOne dataset: a group per image group x template."""
+    """Push predictions into a persistent grouped FiftyOne dataset: a group per image group x template.
+    A video run becomes a FiftyOne video dataset: a sample per clip, frame-level masks per track."""
+    from autolabel.review.push_video import is_video_run
+
+    if is_video_run(list(run_dirs)):  # video clips (review/push_video.py)
+        from autolabel.review.push_video import push_video
+
+        stats = push_video(list(run_dirs), dataset, label_field=field, image_root=image_root)
+        _console(stderr=True).print(f"pushed to {escape(dataset)} (video): {stats}", soft_wrap=True)
+        return
     from autolabel.review.push import push as _push
 
     stats = _push(list(run_dirs), dataset, label_field=field, image_root=image_root)

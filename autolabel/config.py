@@ -50,6 +50,12 @@ class RunConfig(BaseModel):
     min_score: float = 0.0  # masks scored below this are left out of the prediction lines
     from_fiftyone: str | None = None  # a FiftyOne dataset as the input (fiftyone_source.py) ...
     view: str | None = None  # ... or one of its saved views
+    # video (video.py): frames per second labelled (None: every frame), at most N of them, K keyframes
+    # for the VLM, and `frames`: INPUT is a folder of frame images forming one clip
+    fps: float | None = Field(None, gt=0)
+    max_frames: int | None = Field(None, ge=1)
+    keyframes: int = Field(4, ge=1)
+    frames: bool = False
 
     @field_validator("shard", mode="before")
     @classmethod

@@ -208,6 +208,14 @@ def decode_group(group: ImageGroup | BadGroup, max_pixels: int) -> Decoded:
     """Decode every image of the group, going on past a bad one so that all of them are named;
     a BadGroup's remaining images are decoded only for that."""
     t0 = time.perf_counter()
+    if isinstance(group, ImageGroup) and group.video is not None:  # a clip: its keyframes (video.py)
+        from autolabel.video_source import decode_clip_group
+
+        try:
+            clip_group, keyframes = decode_clip_group(group, max_pixels)
+        except InputError as e:
+            return Decoded(group, None, GroupInputError([e]), time.perf_counter() - t0)
+        return Decoded(clip_group, keyframes, None, time.perf_counter() - t0)
     images, errors, notes = [], [], []
     for im in group.images:
         try:
@@ -252,7 +260,10 @@ class Engine:
         cfg = self.config
         t0 = time.perf_counter()
         started = _now()
+        from autolabel.video import VideoSpec
+
         source = open_source(cfg.input, manifest=cfg.manifest, group_by=cfg.group_by,
+                             video=VideoSpec(cfg.fps, cfg.max_frames, cfg.keyframes), frames=cfg.frames,
                              allow_outside_root=cfg.allow_outside_root, from_fiftyone=cfg.from_fiftyone, view=cfg.view)
         lines = scan_lines([cfg.out]) if cfg.out.is_dir() else {}
         done = {} if cfg.overwrite else {k: (h, v) for k, (status, h, v) in lines.items() if status == "ok"}

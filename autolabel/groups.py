@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from autolabel.errors import GroupInputError, InputError
+from autolabel.video import video_from_json, video_to_json
 
 
 @dataclass(frozen=True)
@@ -62,19 +63,22 @@ class ImageGroup:
     root: Path
     images: tuple[ImageRef, ...]
     variables: dict[str, str] = field(default_factory=dict)
+    # a video clip (video.py): a VideoSpec from the source, a VideoClip once decoded; None for images
+    video: object | None = None
 
     def to_json(self) -> dict:
         """Everything needed to rebuild the group in another process (a Ray worker)."""
         return {"id": self.id, "root": str(self.root), "variables": self.variables,
                 "images": [{"file": im.file, "path": str(im.path), "coco_id": im.coco_id, "sample_id": im.sample_id,
-                            "prompt": im.prompt.to_json() if im.prompt else None} for im in self.images]}
+                            "prompt": im.prompt.to_json() if im.prompt else None} for im in self.images],
+                **({"video": video_to_json(self.video)} if self.video is not None else {})}
 
     @classmethod
     def from_json(cls, data: dict) -> ImageGroup:
         images = tuple(ImageRef(im["file"], Path(im["path"]),
                                 VisualPrompt.from_json(im["prompt"]) if im["prompt"] is not None else None,
                                 im["coco_id"], im.get("sample_id")) for im in data["images"])
-        return cls(data["id"], Path(data["root"]), images, dict(data["variables"]))
+        return cls(data["id"], Path(data["root"]), images, dict(data["variables"]), video_from_json(data.get("video")))
 
 
 @dataclass(frozen=True)

@@ -245,9 +245,7 @@ class Labeler:
         min_score = self.config.min_score  # `--min-score`: masks below it are not written at all
         turns = [
             Turn(question=t.question, answer=t.answer, rejected=list(t.rejected),
-                 segments=[Segment.from_mask(m.mask, image=m.image, label=m.label, category=m.category,
-                                             phrase=m.phrase, score=m.score, round=m.round)
-                           for m in t.masks if m.score >= min_score])
+                 segments=[Segment.from_target(m) for m in t.masks if m.score >= min_score])
             for t in answer.turns
         ]
         return Prediction(key=request.key, group_id=request.group.id,
@@ -305,6 +303,10 @@ def exemplar_images(group: ImageGroup) -> tuple[int, ...]:
 
 
 def _image_infos(group: ImageGroup, images: list[np.ndarray] | None) -> list[ImageInfo]:
+    if getattr(group.video, "frames", None) is not None:  # a decoded clip: every sampled frame is an image
+        from autolabel.video import frame_infos
+
+        return frame_infos(group.video)
     return [ImageInfo(im.file, int(px.shape[1]) if images else None, int(px.shape[0]) if images else None,
                       im.coco_id, im.sample_id)
             for im, px in zip(group.images, images or [None] * len(group.images))]

@@ -15,6 +15,8 @@ import numpy as np
 from autolabel.masks import decode_rle, encode_rle, rle_bbox
 
 Status = Literal["ok", "error"]
+# optional fields of an image and of a segment, left out of a line when unset (old readers never see them)
+_WRITTEN_WHEN_SET = (("sample_id", "video", "frame", "timestamp"), ("frame", "timestamp", "track_id"))
 
 
 @dataclass
@@ -29,6 +31,19 @@ class Segment:
     bbox: list[float]
     score: float
     round: int = 0
+    # video (written only there): the clip's frame index, its time (s) and the track the mask belongs to
+    frame: int | None = None
+    timestamp: float | None = None
+    track_id: int | None = None
+
+    @classmethod
+    def from_target(cls, m) -> Segment:
+        """A backend's TargetMask: its mask array, or the RLE a tracker already encoded (video)."""
+        rle = getattr(m, "rle", None)
+        rle = rle if rle is not None else encode_rle(m.mask)
+        return cls(image=m.image, label=m.label, category=m.category, phrase=m.phrase, rle=rle, bbox=rle_bbox(rle),
+                   score=float(m.score), round=m.round, frame=getattr(m, "frame", None),
+                   timestamp=getattr(m, "timestamp", None), track_id=getattr(m, "track_id", None))
 
     @classmethod
     def from_mask(cls, mask: np.ndarray, *, image: int, label: str, category: str, phrase: str,
@@ -70,6 +85,10 @@ class ImageInfo:
     height: int | None = None
     id: int | None = None  # the image id of an input COCO file, kept for exports
     sample_id: str | None = None  # the FiftyOne sample of `run --from-fiftyone` (written only then)
+    # a frame of a video clip (written only then): the clip, the frame's index in it and its time (s)
+    video: str | None = None
+    frame: int | None = None
+    timestamp: float | None = None
 
 
 @dataclass
@@ -94,8 +113,14 @@ class Prediction:
         if not self.truncated:  # written only as a warning, on the lines it marks
             del d["truncated"]
         for image in d["images"]:
-            if image["sample_id"] is None:
-                del image["sample_id"]
+            for key in _WRITTEN_WHEN_SET[0]:
+                if image[key] is None:
+                    del image[key]
+        for turn in d["turns"]:
+            for segment in turn["segments"]:
+                for key in _WRITTEN_WHEN_SET[1]:
+                    if segment[key] is None:
+                        del segment[key]
         return json.dumps(d, separators=(",", ":"), ensure_ascii=False)
 
     @classmethod

@@ -32,6 +32,8 @@ from pathlib import Path
 from autolabel.errors import AutolabelError, InputError, describe_files
 from autolabel.groups import BadGroup, ImageGroup, ImageRef, VisualPrompt
 from autolabel.images import is_image_file
+from autolabel.video import VideoSpec, is_video_file
+from autolabel.video_source import frames_groups, video_group
 
 _DIGITS = re.compile(r"(\d+)")
 
@@ -60,7 +62,8 @@ class Source:
 
 def open_source(input: Path | None, *, manifest: Path | None = None, group_by: str | None = None,
                 allow_outside_root: bool = False, from_fiftyone: str | None = None,
-                view: str | None = None) -> Source:
+                view: str | None = None, video: VideoSpec | None = None, frames: bool = False) -> Source:
+    video = video or VideoSpec()
     if from_fiftyone is not None:  # a FiftyOne dataset or saved view (fiftyone_source.py)
         from autolabel.fiftyone_source import open_fiftyone_source
 
@@ -73,19 +76,23 @@ def open_source(input: Path | None, *, manifest: Path | None = None, group_by: s
     pattern = _compile_group_by(group_by) if group_by else None
     resolver = _PathResolver(input.parent.resolve() if input.is_file() else input.resolve(), allow_outside_root)
     if input.is_dir():
+        if frames:  # --frames: a folder of ordered frame images is one clip (video_source.py)
+            return _source(resolver, "frames", lambda s: frames_groups(resolver, video, s, natural_key))
         if pattern is not None:
             return _source(resolver, "folder-group-by", lambda s: _flat_groups(resolver, pattern, s))
-        return _source(resolver, "folder", lambda s: _folder_groups(resolver, s))
+        return _source(resolver, "folder", lambda s: _folder_groups(resolver, s, video))
     suffix = input.suffix.lower()
     if suffix == ".jsonl":
-        return _source(resolver, "manifest-jsonl", lambda s: _jsonl_groups(input, resolver))
+        return _source(resolver, "manifest-jsonl", lambda s: _jsonl_groups(input, resolver, video))
     if suffix == ".csv":
         return _source(resolver, "manifest-csv", lambda s: _csv_groups(input, resolver))
     if suffix == ".json":
         return _source(resolver, "coco", lambda s: _coco_groups(input, resolver, pattern))
     if is_image_file(input):
         return _source(resolver, "image", lambda s: iter([_group(resolver, input.name, [input.name])]))
-    raise AutolabelError(f"{input}: not a folder, manifest (.jsonl/.csv), COCO (.json) or image file")
+    if is_video_file(input):
+        return _source(resolver, "video", lambda s: iter([video_group(resolver, input.name, input.name, video)]))
+    raise AutolabelError(f"{input}: not a folder, manifest (.jsonl/.csv), COCO (.json), image or video file")
 
 
 def _source(resolver: _PathResolver, kind: str, make) -> Source:
@@ -152,7 +159,8 @@ def _missing(root: Path, given: str) -> str:
 
 
 # -- folders -----------------------------------------------------------------------------------
-def _folder_groups(resolver: _PathResolver, stats: SourceStats) -> Iterator[ImageGroup | BadGroup]:
+def _folder_groups(resolver: _PathResolver, stats: SourceStats,
+                   video: VideoSpec | None = None) -> Iterator[ImageGroup | BadGroup]:
     root = resolver.root
     entries = sorted((p for p in root.iterdir() if not p.name.startswith(".")), key=lambda p: natural_key(p.name))
     for entry in entries:
@@ -166,6 +174,8 @@ def _folder_groups(resolver: _PathResolver, stats: SourceStats) -> Iterator[Imag
                 stats.skipped.append((entry.name, "a folder with no images"))
         elif is_image_file(entry):
             yield _group(resolver, entry.name, [entry.name])
+        elif is_video_file(entry):  # a video is a clip (video_source.py)
+            yield video_group(resolver, entry.name, entry.name, video or VideoSpec())
         else:
             stats.skipped.append((entry.name, "not an image file (by its extension)"))
 
@@ -220,7 +230,7 @@ def _prompt_from(spec: dict, where: str) -> tuple[int, VisualPrompt]:
     return image, VisualPrompt(boxes, points, labels, spec.get("mask"), spec.get("label"))
 
 
-def _jsonl_groups(path: Path, resolver: _PathResolver) -> Iterator[ImageGroup | BadGroup]:
+def _jsonl_groups(path: Path, resolver: _PathResolver, video: VideoSpec | None = None) -> Iterator[ImageGroup | BadGroup]:
     with path.open(encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
@@ -236,6 +246,10 @@ def _jsonl_groups(path: Path, resolver: _PathResolver) -> Iterator[ImageGroup | 
                 yield BadGroup(default_id, where, "a manifest line must be a JSON object")
                 continue
             group_id = str(row.get("id", default_id))
+            if isinstance(row.get("video"), str) and "images" not in row:  # a line naming a video: a clip
+                yield video_group(resolver, group_id, row["video"], video or VideoSpec(), where=where,
+                                  variables=row.get("variables") if isinstance(row.get("variables"), dict) else None)
+                continue
             images = row.get("images")
             if not isinstance(images, list) or not all(isinstance(i, str) for i in images) or not images:
                 yield BadGroup(group_id, where, "`images` must be a non-empty list of paths")

@@ -60,6 +60,9 @@ class ImageRecord:
     height: int | None = None
     id: int | None = None
     predictions: int = 0  # how many predictions list this file (the PNG export finishes on the last)
+    video: str | None = None  # a frame of a video clip: the clip, its frame index and time (s)
+    frame: int | None = None
+    timestamp: float | None = None
 
 
 @dataclass
@@ -97,6 +100,8 @@ def index_runs(run_dirs: list[Path]) -> RunIndex:
         for info in pred.images:
             record = images.setdefault(info.file, ImageRecord(info.file))
             _merge_image(record, info.width, info.height, info.id, f"prediction {pred.key}")
+            if getattr(info, "video", None) is not None:
+                record.video, record.frame, record.timestamp = info.video, info.frame, info.timestamp
         for file in {info.file for info in pred.images}:
             images[file].predictions += 1
         for segment in pred.segments():
@@ -155,9 +160,12 @@ def export_coco(run_dirs: list[Path], out: Path, *, polygons: bool = False, min_
     with atomic_output(out) as f, tempfile.TemporaryFile("w+", encoding="utf-8", dir=out.parent) as spool:
         f.write('{"info":' + dumps(info) + ',"licenses":[],"categories":' + dumps(categories) + ',"images":[')
         images = JsonItems(f)
+        video_ids = {name: i for i, name in enumerate(sorted({r.video for r in index.images.values() if r.video}), 1)}
         for record in sorted(index.images.values(), key=lambda r: r.id):
+            frame = ({"video_id": video_ids[record.video], "frame_index": record.frame, "timestamp": record.timestamp}
+                     if record.video else {})  # a video frame: which clip, where in it (image tools ignore these)
             images.add(dumps({"id": record.id, "file_name": record.file, "width": record.width,
-                              "height": record.height}))
+                              "height": record.height, **frame}))
         f.write('],"annotations":[')
         annotations = JsonItems(f)
         groups = JsonItems(spool)  # written after the annotations, copied in at the end
@@ -169,7 +177,11 @@ def export_coco(run_dirs: list[Path], out: Path, *, polygons: bool = False, min_
             for annotation in _annotations(pred, image_ids, index, stats, polygons=polygons, min_score=min_score):
                 stats.annotations += 1
                 annotations.add(dumps({"id": stats.annotations, **annotation}))
-        f.write('],"groups":[')
+        if video_ids:
+            f.write('],"videos":' + dumps([{"id": i, "file_name": name} for name, i in video_ids.items()]))
+            f.write(',"groups":[')
+        else:
+            f.write('],"groups":[')
         spool.seek(0)
         shutil.copyfileobj(spool, f)
         f.write("]}\n")
@@ -202,7 +214,8 @@ def _annotations(pred: Prediction, image_ids: list[int], index: RunIndex, stats:
                    "attributes": {"group_id": pred.group_id, "template": pred.template,
                                   "template_hash": pred.template_hash, "question": turn.question,
                                   "explanation": explanation, "model_label": segment.label,
-                                  "phrase": segment.phrase, "round": segment.round, "model": pred.model}}
+                                  "phrase": segment.phrase, "round": segment.round, "model": pred.model,
+                                  **({"track_id": segment.track_id} if segment.track_id is not None else {})}}
 
 
 def _group_entry(pred: Prediction, image_ids: list[int]) -> dict:

@@ -32,9 +32,15 @@ class TargetMask:
     label: str
     category: str
     phrase: str
-    mask: np.ndarray
+    mask: np.ndarray | None  # None when `rle` is given
     score: float
     round: int = 0
+    # video: the mask already RLE-encoded (a tracker encodes frame by frame), the clip's frame index,
+    # its time (s) and the track; `image` is then the position among the clip's sampled frames
+    rle: dict | None = None
+    frame: int | None = None
+    timestamp: float | None = None
+    track_id: int | None = None
 
 
 @dataclass

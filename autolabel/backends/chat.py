@@ -45,13 +45,14 @@ def coordinate_instructions(frame: CoordinateFrame) -> str:
     return "Coordinates are absolute integer pixels of each image at the size given after its label."
 
 
-def system_text(prompt: RenderedPrompt, frame: CoordinateFrame) -> str:
-    """The template's system prompt followed by how to answer (placed after the images)."""
+def system_text(prompt: RenderedPrompt, frame: CoordinateFrame, noun: str = "Image") -> str:
+    """The template's system prompt followed by how to answer (placed after the images). `noun` is
+    what the images are called: "Frame" for a video clip's keyframes."""
     rules = prompt.rules
-    images = ", ".join(f"Image {i}" for i in prompt.allowed_images)
+    images = ", ".join(f"{noun} {i}" for i in prompt.allowed_images)
     lines = [
         "Answer with one JSON object. \"explanation\": your reasoning in a few sentences. "
-        "\"targets\": every object you name, each with \"image\" (the number of the image it is in), "
+        f"\"targets\": every object you name, each with \"image\" (the number of the {noun.lower()} it is in), "
         "\"label\", \"phrase\" (a short referring expression), \"box\" [x0, y0, x1, y1] and optionally "
         "\"points\" [[x, y], ...] on the object.",
         f"Targets may be in: {images}." + ("" if rules.multiple_targets else " Name exactly one target."),
@@ -65,12 +66,22 @@ def system_text(prompt: RenderedPrompt, frame: CoordinateFrame) -> str:
     return "\n".join([prompt.system, *lines] if prompt.system else lines)
 
 
-def image_label(index: int, frame: ImageFrame) -> str:
-    """'Image N' and, in the pixel frame, the size the model's coordinates refer to."""
+def image_label(index: int, frame: ImageFrame, name: str | None = None) -> str:
+    """'Image N' (or `name`, e.g. a keyframe's 'Frame 2 (t=1.50s)') and, in the pixel frame, the
+    size the model's coordinates refer to."""
+    name = name or f"Image {index + 1}"
     if frame.frame is CoordinateFrame.PIXELS:
         h, w = frame.model_input
-        return f"Image {index + 1} ({w}x{h} pixels):"
-    return f"Image {index + 1}:"
+        return f"{name} ({w}x{h} pixels):"
+    return f"{name}:"
+
+
+def keyframe_names(group: ImageGroup) -> list[str] | None:
+    """'Frame k (t=...s)' for each keyframe of a decoded video clip; None for an image group."""
+    clip = getattr(group, "video", None)
+    if getattr(clip, "keyframes", None) is None:
+        return None
+    return [f"Frame {k + 1} (t={clip.timestamps[p]:.2f}s)" for k, p in enumerate(clip.keyframes)]
 
 
 def visual_prompt_text(group: ImageGroup, frames: list[ImageFrame]) -> str:
@@ -98,6 +109,8 @@ def memory_text(round_index: int, past: PastTurn, frames: list[ImageFrame], draw
     """What round `round_index` (0-based) found, as labelled boxes in the model's coordinates."""
     found = []
     for m in past.answer.masks:
+        if m.mask is None:  # a video track's frame (RLE only): the replayed answer names its keyframe box
+            continue
         box = mask_box(m.mask)
         where = f" at {frames[m.image].box_from_original(box)}" if box is not None else " (empty mask)"
         found.append(f"{m.label} in Image {m.image + 1}{where}")
@@ -113,10 +126,12 @@ def build_chat(prompt: RenderedPrompt, group: ImageGroup, frames: list[ImageFram
                past: list[PastTurn]) -> list[dict]:
     """The chat for the turn after `past`: labelled images, instructions + first turn, replayed rounds."""
     intro: list[dict] = []
+    names = keyframe_names(group)
     for i, f in enumerate(frames):
-        intro += [{"type": "text", "text": image_label(i, f)}, {"type": "image"}]
+        intro += [{"type": "text", "text": image_label(i, f, names[i] if names else None)}, {"type": "image"}]
     exemplars = visual_prompt_text(group, frames)
-    first = "\n".join(t for t in (system_text(prompt, frame), exemplars, prompt.turns[0].text) if t)
+    first = "\n".join(t for t in (system_text(prompt, frame, "Frame" if names else "Image"), exemplars,
+                                  prompt.turns[0].text) if t)
     messages = [{"role": "user", "content": [*intro, {"type": "text", "text": first}]}]
     for k, done in enumerate(past):
         turn = prompt.turns[k + 1]
@@ -134,7 +149,7 @@ def draw_images(images: list[np.ndarray], group: ImageGroup, past: list[PastTurn
     out = []
     for i, (image, ref) in enumerate(zip(images, group.images)):
         previous = [(r, m.mask) for r, done in enumerate(past) for m in done.answer.masks
-                    if m.image == i] if draw_previous else []
+                    if m.image == i and m.mask is not None] if draw_previous else []
         if ref.prompt is None and not previous:
             out.append(image)
             continue

@@ -197,6 +197,7 @@ PTH_HEAD = ".pth"
 MASK_HEADS: dict[str, str] = {
     "sam": "autolabel.backends.sam_transformers:TransformersSam",
     "sam2": "autolabel.backends.sam_transformers:TransformersSam",
+    "sam2_video": "autolabel.backends.sam_transformers:TransformersSam",  # its image model (video: tracking.py)
     "sam3": "autolabel.backends.sam_text:Sam3TextHead",
     "sam3_video": "autolabel.backends.sam_text:Sam3TextHead",  # facebook/sam3 ships this config
     PTH_HEAD: "autolabel.backends.sam_segment_anything:SegmentAnythingSam",

@@ -13,7 +13,8 @@ import numpy as np
 from autolabel.backends.mask_heads import EncodedImage, MaskHead, Prompts, image_slice
 
 # model type -> (model class, processor class); named explicitly so no remote code is ever run
-CLASSES = {"sam": ("SamModel", "SamProcessor"), "sam2": ("Sam2Model", "Sam2Processor")}
+CLASSES = {"sam": ("SamModel", "SamProcessor"), "sam2": ("Sam2Model", "Sam2Processor"),
+           "sam2_video": ("Sam2Model", "Sam2Processor")}  # a SAM 2 video checkpoint holds the image model
 
 
 class TransformersSam(MaskHead):

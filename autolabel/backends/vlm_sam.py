@@ -198,6 +198,10 @@ class VlmSamBackend(Backend):
 
     # -- masks: every target of every image of the batch through the mask head at once -------
     def _segment(self, states: list[_GroupState], answers: list[_Reasoned], t: int) -> list[list[TargetMask]]:
+        if any(getattr(s.request.group, "video", None) is not None for s in states):
+            from autolabel.backends.tracking import segment_with_clips  # a clip's targets are tracked
+
+            return segment_with_clips(self, states, answers, t, _exemplar_box)
         if getattr(self.mask_head, "text_prompted", False):
             return [self._segment_by_phrase(s, a, t) for s, a in zip(states, answers)]
         from autolabel.backends.mask_heads import PromptSet

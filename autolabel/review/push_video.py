@@ -1,0 +1,102 @@
+"""`autolabel push` of video runs: a FiftyOne *video* dataset the App plays with its masks.
+
+One sample per clip (its video file); each template's masks are a frame-level `Detections` field
+`<field>_<template>` (default field `predictions`), one detection per track and frame, with
+`index` = the track id (the App colours and follows a track by it), the mask cropped to its box,
+`confidence` the tracker's score on that frame, and `model_label`, `phrase`, `turn` as image pushes
+have them. FiftyOne frame numbers count from 1: frame index i of the clip is frame i + 1. A clip
+read from a folder of frames has no video file to play: it is counted in `skipped_frame_folders`.
+Pushing again replaces a clip's frame labels of the same field (a rerun's newer lines win).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from autolabel.errors import AutolabelError
+from autolabel.store import read_predictions, read_run_info
+
+
+@dataclass
+class VideoPushStats:
+    clips: int = 0
+    frames: int = 0
+    masks: int = 0
+    failed: int = 0
+    skipped_frame_folders: int = 0
+    field: str = ""
+
+    def __str__(self) -> str:
+        return (f"{self.clips} clip(s), {self.frames} labelled frame(s), {self.masks} masks in frame field(s) "
+                f"{self.field}_<template>; {self.failed} failed line(s) skipped"
+                + (f", {self.skipped_frame_folders} frames-folder clip(s) skipped (no video file)"
+                   if self.skipped_frame_folders else ""))
+
+
+def is_video_run(run_dirs: list[Path]) -> bool:
+    """Whether the runs' lines are video clips (the first line with images decides)."""
+    for pred in read_predictions([Path(r) for r in run_dirs]):
+        if pred.images:
+            return getattr(pred.images[0], "video", None) is not None
+    return False
+
+
+def push_video(run_dirs: list[Path], dataset_name: str, *, label_field: str | None = None,
+               image_root: Path | None = None) -> VideoPushStats:
+    import fiftyone as fo
+
+    from autolabel.review.detections import segment_detection
+
+    run_dirs = [Path(r) for r in run_dirs]
+    field = label_field or "predictions"
+    stats = VideoPushStats(field=field)
+    info = read_run_info(run_dirs[0])
+    root = image_root or (Path(info["input_root"]) if info.get("input_root") else None)
+    if root is None or not Path(root).is_dir():
+        raise AutolabelError(f"{run_dirs[0]}: the clips' folder {root} is not here; pass --image-root DIR")
+    if fo.dataset_exists(dataset_name):
+        dataset = fo.load_dataset(dataset_name)
+        if dataset.media_type not in (None, "video"):
+            raise AutolabelError(f"dataset {dataset_name!r} holds {dataset.media_type}s; push a video run to a "
+                                 "new dataset name")
+    else:
+        dataset = fo.Dataset(dataset_name, persistent=True)
+    existing = {s.filepath: s for s in dataset} if len(dataset) else {}
+    for pred in read_predictions(run_dirs):
+        first = pred.images[0] if pred.images else None
+        if first is None or getattr(first, "video", None) is None:
+            continue
+        if pred.status != "ok":
+            stats.failed += 1
+            continue
+        if first.file != f"{first.video}/{first.frame:06d}":  # a folder of frame images: nothing to play
+            stats.skipped_frame_folders += 1
+            continue
+        path = str((Path(root) / first.video).resolve())
+        sample = existing.get(path)
+        if sample is None:
+            sample = fo.Sample(filepath=path)
+            dataset.add_sample(sample)
+            existing[path] = sample
+        name = f"{field}_{re.sub(r'[^0-9A-Za-z_]+', '_', pred.template)}"
+        by_frame: dict[int, list] = {}
+        for turn_index, turn in enumerate(pred.turns):
+            for segment in turn.segments:
+                if segment.track_id is None or segment.frame is None:
+                    continue
+                detection = segment_detection(fo, segment, turn_index)
+                if detection is None:
+                    continue
+                detection.index = segment.track_id
+                by_frame.setdefault(segment.frame + 1, []).append(detection)
+        for number in sorted(by_frame):
+            sample.frames[number][name] = fo.Detections(detections=by_frame[number])
+            stats.masks += len(by_frame[number])
+        sample["autolabel_group"] = pred.group_id
+        sample["autolabel_model"] = pred.model
+        sample.save()
+        stats.clips += 1
+        stats.frames += len(by_frame)
+    return stats
