@@ -348,7 +348,7 @@ def _merge_annotation(prompt: VisualPrompt | None, ann: dict, image: dict, categ
 
 
 def _segmentation_rle(segmentation, image: dict, where: str) -> dict:
-    from pycocotools import mask as mask_utils
+    from autolabel.masks import polygons_to_rle
 
     h, w = image.get("height"), image.get("width")
     if isinstance(segmentation, dict):
@@ -356,7 +356,6 @@ def _segmentation_rle(segmentation, image: dict, where: str) -> dict:
     if not (h and w):
         raise AutolabelError(f"{where}: polygon segmentation needs the image's `width` and `height`")
     try:
-        rle = mask_utils.merge(mask_utils.frPyObjects(segmentation, h, w))
-    except Exception as e:  # noqa: BLE001 - pycocotools raises several types for bad polygons
-        raise AutolabelError(f"{where}: bad polygon segmentation: {e}") from None
-    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
+        return polygons_to_rle(segmentation, h, w)
+    except ValueError as e:
+        raise AutolabelError(f"{where}: {e}") from None

@@ -19,13 +19,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO
 
-import cv2
-import numpy as np
-from pycocotools import mask as mask_utils
-
 from autolabel import __version__
 from autolabel.errors import AutolabelError
-from autolabel.masks import rle_area, rle_bbox
+from autolabel.masks import mask_to_polygons, polygons_to_area, rle_to_area, rle_to_xywh
 from autolabel.prediction import Prediction, Segment
 from autolabel.store import read_predictions, read_run_info
 
@@ -197,20 +193,20 @@ def _annotations(pred: Prediction, image_ids: list[int], index: RunIndex, stats:
             if segment.score < min_score:
                 stats.skipped_low_score += 1
                 continue
-            area = rle_area(segment.rle)
+            area = rle_to_area(segment.rle)
             if area == 0:
                 stats.skipped_empty += 1
                 continue
             if polygons:
-                segmentation, holes = mask_polygons(segment.mask())
+                segmentation, holes = mask_to_polygons(segment.mask())
                 stats.holes_filled += holes
-                area = polygons_area(segmentation, *segment.rle["size"])  # what the file holds: holes filled
+                area = polygons_to_area(segmentation, *segment.rle["size"])  # what the file holds: holes filled
             else:
                 segmentation = {"size": segment.rle["size"], "counts": segment.rle["counts"]}
             # CVAT and FiftyOne lift `attributes` onto the object: a key named `label` would
             # clash with the class name there, hence `model_label`.
             yield {"image_id": image_ids[segment.image], "category_id": index.category_id(segment), "iscrowd": 0,
-                   "area": area, "bbox": rle_bbox(segment.rle), "score": segment.score, "segmentation": segmentation,
+                   "area": area, "bbox": rle_to_xywh(segment.rle), "score": segment.score, "segmentation": segmentation,
                    "attributes": {"group_id": pred.group_id, "template": pred.template,
                                   "template_hash": pred.template_hash, "question": turn.question,
                                   "explanation": explanation, "model_label": segment.label,
@@ -229,33 +225,6 @@ def _group_entry(pred: Prediction, image_ids: list[int]) -> dict:
         "rejected": [{"label": r.label, "category": r.category, "phrase": r.phrase, "reason": r.reason,
                       "image_id": image_id(r.image)} for t in pred.turns for r in t.rejected],
     }
-
-
-def mask_polygons(mask: np.ndarray) -> tuple[list[list[float]], int]:
-    """Every connected part of a mask as a COCO polygon, and 1 if holes had to be filled.
-
-    Contours are traced on the mask upsampled 2x and mapped back, so the polygons follow pixel
-    edges rather than pixel centres: pycocotools rasterises them back to the mask almost exactly
-    (a centre-traced outline loses half a pixel all round, IoU ~0.85 on small masks). COCO
-    polygons of one annotation are a union, so holes cannot be expressed: they are filled and
-    counted (`ExportStats.holes_filled`); use RLE (the default) when holes matter.
-    """
-    up = cv2.resize(mask.astype(np.uint8), (mask.shape[1] * 2, mask.shape[0] * 2), interpolation=cv2.INTER_NEAREST)
-    contours, hierarchy = cv2.findContours(up, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
-    if not contours:
-        return [], 0
-    outer = hierarchy[0][:, 3] == -1
-    polygons = [((c.reshape(-1, 2) + 0.5) / 2).ravel().tolist()
-                for c, is_outer in zip(contours, outer) if is_outer and len(c) >= 3]
-    return polygons, int(not outer.all())
-
-
-def polygons_area(polygons: list[list[float]], height: int, width: int) -> int:
-    """The pixel count of the mask COCO polygons rasterise to in pycocotools (their union, so
-    filled holes count): the `area` of a polygon annotation, matching what a reader decodes."""
-    if not polygons:
-        return 0
-    return int(mask_utils.area(mask_utils.merge(mask_utils.frPyObjects(polygons, height, width))))
 
 
 @contextmanager

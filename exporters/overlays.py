@@ -29,7 +29,7 @@ from autolabel.errors import AutolabelError, InputError
 from autolabel.exporters.coco import JsonItems, atomic_output, dumps
 from autolabel.exporters.palette import instance_colors
 from autolabel.images import decode_image
-from autolabel.masks import decode_rle, rle_area
+from autolabel.masks import rle_to_area, rle_to_mask
 from autolabel.prediction import ImageInfo, Prediction, Segment
 from autolabel.store import image_roots, read_predictions
 
@@ -124,7 +124,7 @@ def render_overlay(pred: Prediction, roots: list[Path], stats: OverlayStats, *, 
             stats.skipped_low_score += 1
             below += 1
             continue
-        if rle_area(segment.rle) == 0:  # nothing to draw; left out as every export does
+        if rle_to_area(segment.rle) == 0:  # nothing to draw; left out as every export does
             stats.skipped_empty += 1
             continue
         if not 0 <= segment.image < len(tiles):
@@ -212,7 +212,7 @@ def _draw_tile(canvas: np.ndarray, tile: _Tile, x: int, y: int, w: int, h: int,
     pixels = np.ascontiguousarray(pixels)
     resized = []
     for segment, color in tile.masks:
-        mask = decode_rle(segment.rle).astype(np.uint8)
+        mask = rle_to_mask(segment.rle).astype(np.uint8)
         if w < mask.shape[1]:  # shrinking: keep pixels at least half covered, thin parts survive better
             small = cv2.resize(mask.astype(np.float32), (w, h), interpolation=cv2.INTER_AREA) >= 0.5
         else:

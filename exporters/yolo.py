@@ -28,8 +28,8 @@ from typing import Literal
 import yaml
 
 from autolabel.errors import AutolabelError
-from autolabel.exporters.coco import index_runs, mask_polygons
-from autolabel.masks import rle_area
+from autolabel.exporters.coco import index_runs
+from autolabel.masks import mask_to_polygons, rle_to_area
 from autolabel.store import image_roots, read_predictions
 
 ImagesMode = Literal["symlink", "copy", "none"]
@@ -74,11 +74,11 @@ def export_yolo(run_dirs: list[Path], out_dir: Path, *, min_score: float = 0.0, 
             if segment.score < min_score:
                 stats.skipped_low_score += 1
                 continue
-            if rle_area(segment.rle) == 0:
+            if rle_to_area(segment.rle) == 0:
                 stats.skipped_empty += 1
                 continue
             height, width = segment.rle["size"]
-            polygons, holes = mask_polygons(segment.mask())
+            polygons, holes = mask_to_polygons(segment.mask())
             stats.holes_filled += holes
             stats.split_masks += len(polygons) > 1
             cls = classes[segment.category or segment.label]

@@ -17,6 +17,7 @@ from pycocotools.cocoeval import COCOeval
 from autolabel.errors import AutolabelError
 from autolabel.exporters import export_coco
 from autolabel.exporters import coco as coco_module
+from autolabel.masks import mask_to_polygons
 from autolabel.prediction import ImageInfo, Prediction, Rejection, Segment, Turn, prediction_key
 from autolabel.store import PredictionWriter
 
@@ -309,7 +310,7 @@ def test_polygons_follow_pixel_edges():
     mask = np.zeros((9, 11), bool)
     mask[2:5, 3:7] = True
     mask[7, 9] = True  # a single pixel is a part too
-    polygons, holes = coco_module.mask_polygons(mask)
+    polygons, holes = mask_to_polygons(mask)
     decoded = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(polygons, 9, 11))).astype(bool)
     assert len(polygons) == 2 and holes == 0
     assert np.array_equal(decoded, mask)
@@ -336,7 +337,7 @@ def test_a_crash_mid_export_leaves_the_previous_file_whole(run_dir: Path, tmp_pa
     out = tmp_path / "coco.json"
     out.write_text('{"previous": true}')
     calls = 0
-    real_bbox = coco_module.rle_bbox
+    real_bbox = coco_module.rle_to_xywh
 
     def failing_bbox(rle: dict) -> list[float]:
         nonlocal calls
@@ -345,7 +346,7 @@ def test_a_crash_mid_export_leaves_the_previous_file_whole(run_dir: Path, tmp_pa
             raise RuntimeError("disk on fire")
         return real_bbox(rle)
 
-    monkeypatch.setattr(coco_module, "rle_bbox", failing_bbox)
+    monkeypatch.setattr(coco_module, "rle_to_xywh", failing_bbox)
     with pytest.raises(RuntimeError, match="disk on fire"):
         export_coco([run_dir], out)
     assert load(out) == {"previous": True}

@@ -12,6 +12,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from autolabel.errors import AutolabelError
+from autolabel.masks import polygons_to_rle
 
 _MAX_CHARS_PER_COUNT = 7  # 7 x 5 bits hold any uint32 run length
 
@@ -51,9 +52,10 @@ def _from_polygons(polygons: list, height: int, width: int, where: str) -> dict:
         raise AutolabelError(f"{where}: polygon segmentation must be a non-empty list of [x1, y1, x2, y2, ...] "
                              "with at least 3 points each")
     try:
-        return mask_utils.merge(mask_utils.frPyObjects(polygons, height, width))
-    except Exception as e:  # noqa: BLE001 - pycocotools raises several types for bad polygons
-        raise AutolabelError(f"{where}: bad polygon segmentation: {e}") from None
+        rle = polygons_to_rle(polygons, height, width)
+    except ValueError as e:
+        raise AutolabelError(f"{where}: {e}") from None
+    return {"size": rle["size"], "counts": rle["counts"].encode("ascii")}
 
 
 def _run_lengths(counts: bytes) -> np.ndarray | None:
