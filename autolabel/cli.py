@@ -14,7 +14,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.markup import escape
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 from autolabel import __version__
 from autolabel.errors import AutolabelError
@@ -58,23 +58,46 @@ def _root(version: Annotated[Optional[bool], typer.Option("--version", callback=
 
 
 # -- run ------------------------------------------------------------------------------------
-@app.command()
+class _RunCommand(TyperCommand):
+    """`run`, whose --help shows each option's default as RunConfig (config.py) sets it: the one
+    place run defaults live. Options default to None here so that a flag not given is told apart
+    from one given (the --config file fills those); config.py is read only when help is shown."""
+
+    def format_help(self, ctx, formatter) -> None:
+        from autolabel.config import RunConfig
+
+        for param in self.params:
+            field = RunConfig.model_fields.get(param.name or "")
+            if field is None or "[default" in (param.help or ""):
+                continue
+            default = field.get_default(call_default_factory=True)
+            if not isinstance(default, bool) and default not in (None, {}, []):
+                param.help = f"{param.help or ''}  \\[default: {_shown_default(default)}]"
+        super().format_help(ctx, formatter)
+
+
+def _shown_default(value) -> str:
+    if isinstance(value, (list, tuple)):
+        return ", ".join(map(_shown_default, value))
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+@app.command(cls=_RunCommand)
 def run(
     input: Annotated[Optional[Path], typer.Argument(help="Folder of group folders, flat folder (with --group-by), "
                                                          "JSONL/CSV manifest, COCO JSON, or one image.",
                                                     show_default=False)] = None,
     prompt: Annotated[Optional[list[str]], typer.Option("--prompt", "-p", help="Template name or YAML file; "
-                                                        "repeat for several.  \\[default: ontology]")] = None,
+                                                        "repeat for several.")] = None,
     backend: Annotated[Optional[str], typer.Option(help="Backend name (see `autolabel models`) or "
-                                                        "module:Class.  \\[default: vlm-sam]")] = None,
+                                                        "module:Class.")] = None,
     model: Annotated[Optional[str], typer.Option(help="Hub id or local dir of the reasoning model.  "
                                                       "\\[default: the backend's]")] = None,
     mask_model: Annotated[Optional[str], typer.Option(help="SAM-family mask model: hub id, dir or "
                                                            "segment-anything .pth.")] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run directory.  \\[default: runs/latest]")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run directory.")] = None,
     batch_size: Annotated[Optional[str], typer.Option(help="Requests (group x template) per model call, or "
-                                                         "auto: the largest that fits in GPU memory.  "
-                                                         "\\[default: 4]")] = None,
+                                                         "auto: the largest that fits in GPU memory.")] = None,
     shard: Annotated[Optional[str], typer.Option(help="Take slice I of N (0 <= I < N), e.g. 0/4.")] = None,
     limit: Annotated[Optional[int], typer.Option(help="Label at most N groups.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Redo groups already done.")] = False,
@@ -92,11 +115,10 @@ def run(
     allow_outside_root: Annotated[bool, typer.Option("--allow-outside-root",
                                                      help="Allow image paths outside the input root.")] = False,
     max_pixels: Annotated[Optional[int], typer.Option(help="Refuse images with more pixels (decompression "
-                                                           "bombs).  \\[default: 178956970]")] = None,
-    decode_workers: Annotated[Optional[int], typer.Option(help="Threads decoding images ahead of the model.  "
-                                                               "\\[default: 4]")] = None,
+                                                           "bombs).")] = None,
+    decode_workers: Annotated[Optional[int], typer.Option(help="Threads decoding images ahead of the model.")] = None,
     engine: Annotated[Optional[str], typer.Option(help="local (this process) or ray (a Ray cluster's GPUs and "
-                                                       "machines).  \\[default: local]")] = None,
+                                                       "machines).")] = None,
     workers: Annotated[Optional[int], typer.Option(help="Ray: model replicas (actors), each loads the model once.  "
                                                         "\\[default: cluster GPUs / --gpus-per-worker, or 1]")] = None,
     gpus_per_worker: Annotated[Optional[float], typer.Option(help="Ray: GPUs per worker (fractions share a GPU).  "
@@ -106,14 +128,13 @@ def run(
     server: Annotated[Optional[str], typer.Option(help="Run the reasoning model on this OpenAI-compatible server "
                                                        "(vLLM, SGLang), e.g. http://gpu-box:8000/v1; --model names "
                                                        "the served model. The mask head runs here.")] = None,
-    concurrency: Annotated[Optional[int], typer.Option(help="--server: requests in flight.  \\[default: 32]")] = None,
+    concurrency: Annotated[Optional[int], typer.Option(help="--server: requests in flight.")] = None,
     api_key_env: Annotated[Optional[str], typer.Option(help="--server: environment variable holding the API key "
-                                                            "(never written anywhere).  "
-                                                            "\\[default: OPENAI_API_KEY]")] = None,
+                                                            "(never written anywhere).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars, ours or the model "
                                                                  "libraries' (for CI logs).")] = False,
     min_score: Annotated[Optional[float], typer.Option(help="Leave masks scored below this out of the "
-                                                            "prediction lines.  \\[default: 0]")] = None,
+                                                            "prediction lines.")] = None,
     from_fiftyone: Annotated[Optional[str], typer.Option(help="Label this FiftyOne dataset instead of INPUT: its "
                                                               "groups (or samples) are the image groups; `push` "
                                                               "writes back onto the same samples.")] = None,
@@ -124,7 +145,7 @@ def run(
                                                            "of a clip.")] = None,
     keyframes: Annotated[Optional[int], typer.Option(help="Video: frames the VLM sees, spread over the clip; "
                                                           "each target found on one is tracked through the "
-                                                          "clip.  \[default: 4]")] = None,
+                                                          "clip.")] = None,
     frames: Annotated[bool, typer.Option("--frames", help="INPUT is a folder of ordered frame images: one "
                                                           "clip (or each subfolder one clip).")] = False,
     config: Annotated[Optional[Path], typer.Option(help="YAML run file with the same options; flags win.")] = None,
@@ -134,17 +155,10 @@ def run(
     Reruns skip groups already done (group x template x model) with the same template and variables,
     redo those asked differently, and retry failed ones.
     """
+    flags = dict(locals())  # every option under its own name, which is RunConfig's field name
+    flags.pop("config")
     from autolabel.config import load_run_config
 
-    flags = dict(input=input, prompt=prompt, backend=backend, model=model, mask_model=mask_model, out=out,
-                 batch_size=batch_size, shard=shard, limit=limit, overwrite=overwrite, manifest=manifest,
-                 group_by=group_by, var=var, device=device, dtype=dtype, max_new_tokens=max_new_tokens,
-                 trust_remote_code=trust_remote_code, backend_option=backend_option,
-                 allow_outside_root=allow_outside_root, max_pixels=max_pixels, decode_workers=decode_workers,
-                 engine=engine, workers=workers, gpus_per_worker=gpus_per_worker, ray_address=ray_address, server=server,
-                 concurrency=concurrency, api_key_env=api_key_env, quiet=quiet)
-    flags["min_score"] = min_score
-    flags.update(from_fiftyone=from_fiftyone, view=view)
     cfg = load_run_config(config, flags)
     if cfg.quiet:
         from autolabel.progress import silence_library_progress
@@ -556,9 +570,18 @@ def pull(
     reviewed_field: Annotated[str, typer.Option(help="The reviewed field to read.")] = "reviewed",
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the change report as JSON.")] = None,
 ) -> None:
-    """Write the reviewed masks as COCO at image resolution and report what reviewers changed."""
+    """Write the reviewed masks as COCO at image resolution and report what reviewers changed.
+    A video dataset (push of a video run) comes back as per-frame COCO with track ids."""
     import json
 
+    from autolabel.review.push_video import is_video_dataset
+
+    if is_video_dataset(dataset):  # review/push_video.py
+        from autolabel.review.push_video import pull_video
+
+        stats = pull_video(dataset, output)
+        _console(stderr=True).print(f"wrote {output}: {stats}", soft_wrap=True)
+        return
     from rich.table import Table
 
     from autolabel.review.pull import CHANGES, pull as _pull

@@ -10,6 +10,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from autolabel.errors import AutolabelError
+from autolabel.images import DEFAULT_MAX_PIXELS
 from autolabel.yaml_io import read_yaml_mapping
 
 
@@ -37,7 +38,7 @@ class RunConfig(BaseModel):
     trust_remote_code: bool = False
     backend_option: dict[str, Any] = Field(default_factory=dict)
     allow_outside_root: bool = False
-    max_pixels: int = Field(178_956_970, ge=1)
+    max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1)
     decode_workers: int = Field(4, ge=1)
     engine: Literal["local", "ray"] = "local"
     workers: int | None = Field(None, ge=1)

@@ -22,20 +22,24 @@ from typing import Literal
 
 from rich.table import Table
 
+from autolabel.backends import BUILTIN_BACKENDS, DEFAULT_BACKEND
+
 Status = Literal["ok", "warn", "missing"]
 
-# Checkpoints the built-in backends know how to load; each is reported cached or not.
-KNOWN_CHECKPOINTS = (
-    "Qwen/Qwen2.5-VL-3B-Instruct",
+# Checkpoints the built-in backends know how to load; each is reported cached or not. The
+# defaults come from the backend registry (backends/__init__.py), the one place they are named.
+_DEFAULTS = BUILTIN_BACKENDS[DEFAULT_BACKEND]
+KNOWN_CHECKPOINTS = tuple(dict.fromkeys((
+    _DEFAULTS.default_model,
     "Qwen/Qwen2.5-VL-7B-Instruct",
     "Qwen/Qwen3-VL-2B-Instruct",
     "Qwen/Qwen3-VL-4B-Instruct",
     "facebook/sam-vit-base",
     "facebook/sam-vit-huge",
-    "facebook/sam2.1-hiera-base-plus",
+    _DEFAULTS.default_mask_model,
     "facebook/sam2.1-hiera-large",
     "facebook/sam3",
-)
+)))
 
 # Distribution name -> what autolabel uses it for (said when it is missing).
 LIBRARIES = {

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from autolabel.backends import BUILTIN_BACKENDS
 from autolabel.backends.answer_schema import (AnswerLimits, InvalidAnswer, ParsedAnswer, answer_json, answer_schema,
                                               parse_answer, parse_truncated, span_confidences)
 from autolabel.backends.base import Answer, Backend, BackendOptions, Request, TargetMask, TurnAnswer
@@ -67,8 +68,8 @@ class VlmSamBackend(Backend):
     """
 
     name = "vlm-sam"
-    default_model = "Qwen/Qwen2.5-VL-3B-Instruct"
-    default_mask_model = "facebook/sam2.1-hiera-base-plus"
+    default_model = BUILTIN_BACKENDS[name].default_model  # the registry names the defaults
+    default_mask_model = BUILTIN_BACKENDS[name].default_mask_model
 
     def __init__(self, options: BackendOptions):
         super().__init__(options)
