@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "benchmarks")]
 
-from conftest import make_groups  # noqa: E402
+from helpers import make_groups  # noqa: E402
 from pipeline import LIMITS, build_sam  # noqa: E402
 from tiny_vlm import build_tiny_vlm  # noqa: E402
 

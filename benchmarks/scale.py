@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "benchmarks")]
 
-from conftest import make_groups, write_image  # noqa: E402
+from helpers import make_groups, write_image  # noqa: E402
 
 from autolabel.config import RunConfig  # noqa: E402
 from autolabel.labeler import model_id_of  # noqa: E402

@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from conftest import make_groups  # noqa: E402  (tests/ builders: tiny checkpoints, image folders)
+from helpers import make_groups  # noqa: E402  (tests/ builders: tiny checkpoints, image folders)
 from tiny_sam import build_tiny_sam2_hf  # noqa: E402
 from tiny_vlm import build_tiny_vlm  # noqa: E402
 from vllm_server import VllmServer, metric_sum  # noqa: E402

@@ -5,28 +5,23 @@ import os
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
+from helpers import PETS_TEMPLATE, make_groups
 
 from autolabel.review.database import PrivateMongo
 
 
-def write_image(path: Path, h: int = 48, w: int = 64, seed: int = 0) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(path)
-    return path
+@pytest.fixture
+def box_backend(monkeypatch):
+    """A BoxBackend class of this test's own: `.instances` lists the backends built from it in this
+    test. The engine builds backends by import string, so it is put at `.target`
+    ("doubles:RecordedBox") for this test only and taken away after it."""
+    import doubles
 
-
-def make_groups(root: Path, n_groups: int, per_group: int = 2, side: int = 32, seed: int = 0) -> Path:
-    """root/g000/img1.png ... : a folder per group, sizes (from `side` pixels) varying by group;
-    another `seed` gives other pixels."""
-    for g in range(n_groups):
-        for i in range(per_group):
-            write_image(root / f"g{g:03d}" / f"img{i + 1}.png", side + 4 * (g % 5), side + 8 + 8 * i,
-                        seed=seed + g * 10 + i)
-    return root
+    cls = doubles.recording()
+    cls.target = "doubles:RecordedBox"
+    monkeypatch.setattr(doubles, "RecordedBox", cls, raising=False)
+    return cls
 
 
 @pytest.fixture
@@ -52,18 +47,6 @@ def fo_db(tmp_path_factory):
     import fiftyone
 
     return fiftyone
-
-
-PETS_TEMPLATE = """
-name: pets
-category: multi-target
-turns:
-  - "Segment {{ targets }} in the {{ num_images }} images."
-  - "Now the one next to it."
-variables:
-  targets: {default: "cat, dog, bird"}
-ontology: "{{ targets }}"
-"""
 
 
 @pytest.fixture

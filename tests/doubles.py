@@ -14,26 +14,31 @@ from autolabel.prediction import Rejection
 class BoxBackend(Backend):
     """Answers every turn with one deterministic box-shaped mask per image per ontology entry.
 
-    A group whose id contains "boom" raises (failure isolation); the env var
-    AUTOLABEL_TEST_SLEEP slows each batch down (kill-and-resume tests).
+    A group whose id contains "boom" raises (failure isolation). Steered per run by backend
+    options (`--backend-option`, BackendOptions.extra), which reach a subprocess or a Ray worker
+    too: `sleep` (seconds) slows each batch down (kill-and-resume tests); `hold_after` N answers
+    N groups, then waits in the next batch until the process is killed or interrupted.
     """
 
     name = "test-box"
     default_model = "test/box-v1"
-    instances: list[BoxBackend] = []
 
     def __init__(self, options: BackendOptions):
         super().__init__(options)
         self.calls: list[int] = []
-        BoxBackend.instances.append(self)
+        self.answered = 0
 
     def predict(self, requests: list[Request]) -> list[Answer]:
         self.calls.append(len(requests))
         if any("boom" in r.group.id for r in requests):
             raise RuntimeError("exploded on purpose")
-        delay = float(os.environ.get("AUTOLABEL_TEST_SLEEP", "0"))
+        hold_after = self.options.extra.get("hold_after")
+        while hold_after is not None and self.answered >= int(hold_after):
+            time.sleep(0.05)  # until killed or interrupted: the test decides when the run stops
+        delay = float(self.options.extra.get("sleep", 0))
         if delay:
             time.sleep(delay)
+        self.answered += len(requests)
         return [self._answer(r) for r in requests]
 
     def _answer(self, request: Request) -> Answer:
@@ -101,3 +106,17 @@ class DoubtBackend(BoxBackend):
                 turn.rejected.append(Rejection(label="dog", category="dog", phrase="dog", reason="no dog here",
                                                round=round_))
         return answer
+
+
+def recording(base: type[BoxBackend] = BoxBackend) -> type[BoxBackend]:
+    """A fresh subclass of `base` whose `instances` lists every backend built from it: one per test
+    (the `box_backend` fixture), so no test sees another's backends."""
+
+    class Recorded(base):
+        instances: list[BoxBackend] = []
+
+        def __init__(self, options: BackendOptions):
+            super().__init__(options)
+            type(self).instances.append(self)
+
+    return Recorded

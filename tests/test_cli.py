@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import make_groups
+from helpers import make_groups
 from pycocotools.coco import COCO
 
 TESTS = Path(__file__).parent
@@ -103,9 +103,10 @@ def test_kill_and_resume_gives_the_same_keys_without_duplicates(tmp_path):
     data = make_groups(tmp_path / "data", 12, per_group=1)
     out = tmp_path / "run"
     args = ["run", str(data), "--backend", "doubles:BoxBackend", "--batch-size", "2", "--out", str(out), "-q"]
-    proc = subprocess.Popen([sys.executable, "-m", "autolabel", *args], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL,
-                            env={**os.environ, "PYTHONPATH": str(TESTS), "AUTOLABEL_TEST_SLEEP": "0.4"})
+    # the double answers 4 groups, then waits in its next batch: the kill lands mid-run, every time
+    proc = subprocess.Popen([sys.executable, "-m", "autolabel", *args, "--backend-option", "hold_after=4"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "PYTHONPATH": str(TESTS)})
     pred = out / "predictions.jsonl"
     deadline = time.time() + 60
     while time.time() < deadline and (not pred.exists() or pred.read_text().count("\n") < 4):
@@ -129,8 +130,8 @@ def test_second_run_on_the_same_dir_is_refused_while_the_first_runs(tmp_path):
     out = tmp_path / "run"
     args = ["-m", "autolabel", "run", str(data), "--backend", "doubles:BoxBackend", "--batch-size", "1",
             "--out", str(out), "-q"]
-    first = subprocess.Popen([sys.executable, *args], env={**os.environ, "PYTHONPATH": str(TESTS),
-                                                            "AUTOLABEL_TEST_SLEEP": "0.5"})
+    first = subprocess.Popen([sys.executable, *args, "--backend-option", "hold_after=1"],  # runs until killed
+                             env={**os.environ, "PYTHONPATH": str(TESTS)})
     try:
         deadline = time.time() + 60
         while time.time() < deadline and not (out / "predictions.jsonl").exists():

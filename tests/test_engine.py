@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_groups, write_image
+from helpers import make_groups, write_image
 from doubles import BoxBackend, OutOfMemoryBackend
 from PIL import Image
 from rich.console import Console
@@ -22,7 +22,7 @@ from autolabel.errors import AutolabelError
 from autolabel.store import PredictionWriter, read_predictions, scan_status
 
 def run(input: Path, out: Path, template: str, **kw) -> tuple[Engine, object]:
-    cfg = RunConfig(input=input, out=out, prompt=[template], backend="doubles:BoxBackend", quiet=True, **kw)
+    cfg = RunConfig(input=input, out=out, prompt=[template], quiet=True, **{"backend": "doubles:BoxBackend", **kw})
     engine = Engine(cfg)
     return engine, engine.run()
 
@@ -31,9 +31,9 @@ def lines(out: Path) -> list[dict]:
     return [json.loads(x) for p in sorted(out.glob("predictions*.jsonl")) for x in p.read_text().splitlines()]
 
 
-def test_run_writes_one_prediction_per_group_and_template(groups_dir, tmp_path, template):
+def test_run_writes_one_prediction_per_group_and_template(groups_dir, tmp_path, template, box_backend):
     out = tmp_path / "run"
-    engine, summary = run(groups_dir, out, template, batch_size=4)
+    engine, summary = run(groups_dir, out, template, batch_size=4, backend=box_backend.target)
     assert summary.exit_code == 0 and summary.done == 6 and summary.groups == 6 and summary.images == 12
     preds = list(read_predictions([out]))
     assert [p.group_id for p in preds] == [f"g{g:03d}" for g in range(6)]
@@ -47,19 +47,19 @@ def test_run_writes_one_prediction_per_group_and_template(groups_dir, tmp_path, 
     assert [r.label for r in p.turns[0].rejected] == ["bird"]
     assert p.turns[1].segments[0].round == 1
     # batches of 4 then 2: the backend really batched
-    assert BoxBackend.instances[-1].calls == [4, 2]
+    assert box_backend.instances[-1].calls == [4, 2]
     info = json.loads((out / "run.json").read_text())
     assert info["finished"] and info["counts"]["done"] == 6
     assert info["templates"]["pets"]["categories"] == ["cat", "dog", "bird"]
     assert info["model"] == "test/box-v1" and "transformers" in info["versions"]
 
 
-def test_rerun_skips_done_keys_without_loading_the_model(groups_dir, tmp_path, template):
+def test_rerun_skips_done_keys_without_loading_the_model(groups_dir, tmp_path, template, box_backend):
     out = tmp_path / "run"
-    run(groups_dir, out, template)
-    before = len(BoxBackend.instances)
-    engine, summary = run(groups_dir, out, template)
-    assert len(BoxBackend.instances) == before, "the model must not load when nothing is left"
+    run(groups_dir, out, template, backend=box_backend.target)
+    before = len(box_backend.instances)
+    engine, summary = run(groups_dir, out, template, backend=box_backend.target)
+    assert len(box_backend.instances) == before, "the model must not load when nothing is left"
     assert summary.done == 0 and summary.already_done == 6 and summary.exit_code == 0
     assert len(lines(out)) == 6
     _, summary = run(groups_dir, out, template, overwrite=True)
@@ -67,11 +67,11 @@ def test_rerun_skips_done_keys_without_loading_the_model(groups_dir, tmp_path, t
     assert len(list(read_predictions([out]))) == 6  # last line wins
 
 
-def test_failing_group_fails_alone_and_is_retried_on_rerun(tmp_path, template):
+def test_failing_group_fails_alone_and_is_retried_on_rerun(tmp_path, template, box_backend):
     data = make_groups(tmp_path / "data", 4)
     (data / "g001").rename(data / "boom")
     out = tmp_path / "run"
-    _, summary = run(data, out, template, batch_size=4)
+    _, summary = run(data, out, template, batch_size=4, backend=box_backend.target)
     assert summary.exit_code == 1
     assert [k for k, _ in summary.failed] == ["boom|pets|test/box-v1"]
     assert "exploded on purpose" in summary.failed[0][1]
@@ -80,7 +80,7 @@ def test_failing_group_fails_alone_and_is_retried_on_rerun(tmp_path, template):
     err = next(p for p in read_predictions([out]) if p.status == "error")
     assert err.error["stage"] == "predict" and err.images[0].width is not None
     # batch of 4 failed, then each request alone
-    assert BoxBackend.instances[-1].calls == [4, 1, 1, 1, 1]
+    assert box_backend.instances[-1].calls == [4, 1, 1, 1, 1]
     (data / "boom").rename(data / "fixed")
     _, summary = run(data, out, template)
     assert summary.done == 1 and summary.already_done == 3
@@ -236,16 +236,16 @@ def test_second_writer_on_the_same_run_dir_is_refused(tmp_path):
         w.close()
 
 
-def test_a_required_variable_nobody_gives_is_a_usage_error_before_anything_loads(tmp_path):
+def test_a_required_variable_nobody_gives_is_a_usage_error_before_anything_loads(tmp_path, box_backend):
     """Without --var and with no group to give it, every group would fail alone: refused up front
     (nothing loaded, nothing written); in a manifest where some groups give it, only the others fail."""
     data = make_groups(tmp_path / "data", 2)
     tpl = tmp_path / "q.yaml"
     tpl.write_text("name: q\nturns: ['{{ question }}']\n")
-    before = len(BoxBackend.instances)
+    before = len(box_backend.instances)
     with pytest.raises(AutolabelError, match=r"template 'q' needs variable 'question'.*--var question="):
-        run(data, tmp_path / "run", str(tpl))
-    assert len(BoxBackend.instances) == before and not (tmp_path / "run").exists()
+        run(data, tmp_path / "run", str(tpl), backend=box_backend.target)
+    assert len(box_backend.instances) == before and not (tmp_path / "run").exists()
     with pytest.raises(AutolabelError, match="'question'"):  # the built-in that has no default
         run(data, tmp_path / "run", "open-ended")
     _, s = run(data, tmp_path / "run2", str(tpl), var={"question": "what?"})

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import make_groups
+from helpers import make_groups
 from test_cli import cli
 
 from autolabel.evaluation import evaluate

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from conftest import make_groups
+from helpers import make_groups
 from test_cli import cli
 
 from autolabel.config import RunConfig

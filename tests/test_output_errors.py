@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import make_groups
+from helpers import make_groups
 from test_cli import cli
 from test_export_coco import sample_predictions, write_run
 

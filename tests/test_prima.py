@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_groups
+from helpers import make_groups
 from pycocotools.coco import COCO
 from synthetic_shapes import make_task
 from test_cli import cli

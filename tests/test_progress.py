@@ -7,7 +7,7 @@ import io
 from pathlib import Path
 
 import pytest
-from conftest import make_groups
+from helpers import make_groups
 from rich.console import Console
 
 from autolabel.config import RunConfig

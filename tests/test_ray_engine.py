@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import ray
-from conftest import make_groups
+from helpers import make_groups
 from tiny_sam import tiny_mask_model
 from tiny_vlm import tiny_vlm
 

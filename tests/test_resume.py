@@ -6,8 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from conftest import PETS_TEMPLATE, make_groups
-from doubles import BoxBackend
+from helpers import PETS_TEMPLATE, make_groups
 
 from autolabel.config import RunConfig
 from autolabel.engine import Engine
@@ -15,22 +14,22 @@ from autolabel.store import read_predictions
 
 
 def run(input: Path, out: Path, prompts: list[str], **kw):
-    cfg = RunConfig(input=input, out=out, prompt=prompts, backend="doubles:BoxBackend", quiet=True, **kw)
+    cfg = RunConfig(input=input, out=out, prompt=prompts, quiet=True, **{"backend": "doubles:BoxBackend", **kw})
     return Engine(cfg).run()
 
 
-def test_other_variables_redo_the_keys_that_use_them(tmp_path):
+def test_other_variables_redo_the_keys_that_use_them(tmp_path, box_backend):
     data = make_groups(tmp_path / "data", 3, per_group=1)
     out = tmp_path / "run"
-    first = run(data, out, ["ontology", "functional"], var={"classes": "cat, dog"})
+    first = run(data, out, ["ontology", "functional"], var={"classes": "cat, dog"}, backend=box_backend.target)
     assert first.done == 6
     ontology = next(p for p in read_predictions([out]) if p.template == "ontology")
     assert ontology.variables == {"classes": "cat, dog"}  # what it was asked, stored on the line
-    same = run(data, out, ["ontology", "functional"], var={"classes": "cat, dog"})
+    same = run(data, out, ["ontology", "functional"], var={"classes": "cat, dog"}, backend=box_backend.target)
     assert same.done == 0 and same.already_done == 6 and same.redone == 0
-    before = len(BoxBackend.instances)
-    changed = run(data, out, ["ontology", "functional"], var={"classes": "cat, horse"})
-    assert len(BoxBackend.instances) == before + 1
+    before = len(box_backend.instances)
+    changed = run(data, out, ["ontology", "functional"], var={"classes": "cat, horse"}, backend=box_backend.target)
+    assert len(box_backend.instances) == before + 1
     # only the template that uses `classes` is redone; functional's question did not change
     assert changed.done == 3 and changed.redone == 3 and changed.already_done == 3
     lines = {p.key: p for p in read_predictions([out])}

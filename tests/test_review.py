@@ -7,11 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_groups
+from helpers import make_groups
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from test_cli import cli
-from conftest import PETS_TEMPLATE as TEMPLATE
+from helpers import PETS_TEMPLATE as TEMPLATE
 
 from autolabel.config import RunConfig
 from autolabel.engine import Engine

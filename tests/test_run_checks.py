@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import make_groups, write_image
+from helpers import make_groups, write_image
 from test_cli import cli, imported_heavy
 from test_output_errors import assert_one_line_error
 

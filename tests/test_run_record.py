@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import make_groups
+from helpers import make_groups
 from doubles import BoxBackend
 from test_cli import TESTS
 
@@ -92,9 +92,9 @@ def test_ctrl_c_from_the_terminal_leaves_finished_false(tmp_path):
     data = make_groups(tmp_path / "data", 12, per_group=1)
     out = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "autolabel", "run", str(data), "--backend", "doubles:BoxBackend",
-                             "--batch-size", "1", "--out", str(out), "-q"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(TESTS), "AUTOLABEL_TEST_SLEEP": "0.3"})
+                             "--batch-size", "1", "--out", str(out), "-q", "--backend-option", "hold_after=2"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(TESTS)})
     pred = out / "predictions.jsonl"
     deadline = time.time() + 60
     while time.time() < deadline and (not pred.exists() or pred.read_text().count("\n") < 2):

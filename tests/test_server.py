@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_groups
+from helpers import make_groups
 from PIL import Image
 from openai_double import FaultProxy, GeometryServer
 from pycocotools.coco import COCO

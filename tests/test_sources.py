@@ -6,7 +6,7 @@ import json
 import os
 
 import pytest
-from conftest import write_image
+from helpers import write_image
 
 from autolabel.errors import AutolabelError
 from autolabel.groups import BadGroup

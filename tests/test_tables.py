@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import io
 
-from conftest import make_groups
+from helpers import make_groups
 from rich.console import Console
 from test_cli import cli
 

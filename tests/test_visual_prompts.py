@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from conftest import make_groups
+from helpers import make_groups
 from doubles import BoxBackend
 from test_cli import cli
 

@@ -291,7 +291,7 @@ def test_engine_run_with_the_tiny_vlm(make_backend, tmp_path, tmp_path_factory):
     from autolabel.config import RunConfig
     from autolabel.engine import Engine
     from autolabel.store import read_predictions
-    from tests.conftest import make_groups
+    from helpers import make_groups
 
     template = tmp_path / "pets.yaml"
     template.write_text("name: pets\nturns: ['Segment the {{ targets }}.']\nontology: '{{ targets }}'\n"
@@ -348,7 +348,7 @@ def test_a_processor_whose_sizes_cannot_be_read_stops_the_run_once(tmp_path, tmp
     from autolabel.config import RunConfig
     from autolabel.engine import Engine
     from autolabel.errors import AutolabelError
-    from tests.conftest import make_groups
+    from helpers import make_groups
 
     class NoGrid:  # an image processor that returns pixels only
         def __init__(self, inner):
@@ -383,7 +383,7 @@ def test_cut_answers_are_marked_truncated_on_their_lines(make_backend, tmp_path,
     from autolabel.config import RunConfig
     from autolabel.engine import Engine
     from autolabel.store import read_predictions
-    from tests.conftest import make_groups
+    from helpers import make_groups
 
     config = RunConfig(input=make_groups(tmp_path / "data", 2), out=tmp_path / "run", prompt=["multi-target"],
                        model=str(tiny_vlm("qwen2_5_vl", tmp_path_factory)), mask_model=str(tmp_path), quiet=True,

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import make_groups
+from helpers import make_groups
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from tiny_sam import tiny_mask_model
