@@ -183,10 +183,7 @@ def video_tracker(backend) -> VideoTracker:
     """The backend's tracker, loaded on the first clip."""
     tracker = getattr(backend, "_video_tracker", None)
     if tracker is None:
-        try:
-            from autolabel.loading import resolve_pretrained
-        except ImportError:  # where it lived before it moved up a level
-            from autolabel.backends.loading import resolve_pretrained
+        from autolabel.loading import resolve_pretrained
 
         model = backend.options.extra.get("tracker") or backend.mask_model
         if str(model).endswith(".pth"):
