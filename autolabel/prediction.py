@@ -12,7 +12,7 @@ from typing import Literal
 
 import numpy as np
 
-from autolabel.masks import decode_rle, encode_rle, rle_bbox
+from autolabel.masks import mask_to_rle, rle_to_mask, rle_to_xywh
 
 Status = Literal["ok", "error"]
 # optional fields of an image and of a segment, left out of a line when unset (old readers never see them)
@@ -40,20 +40,20 @@ class Segment:
     def from_target(cls, m) -> Segment:
         """A backend's TargetMask: its mask array, or the RLE a tracker already encoded (video)."""
         rle = getattr(m, "rle", None)
-        rle = rle if rle is not None else encode_rle(m.mask)
-        return cls(image=m.image, label=m.label, category=m.category, phrase=m.phrase, rle=rle, bbox=rle_bbox(rle),
+        rle = rle if rle is not None else mask_to_rle(m.mask)
+        return cls(image=m.image, label=m.label, category=m.category, phrase=m.phrase, rle=rle, bbox=rle_to_xywh(rle),
                    score=float(m.score), round=m.round, frame=getattr(m, "frame", None),
                    timestamp=getattr(m, "timestamp", None), track_id=getattr(m, "track_id", None))
 
     @classmethod
     def from_mask(cls, mask: np.ndarray, *, image: int, label: str, category: str, phrase: str,
                   score: float, round: int = 0) -> Segment:
-        rle = encode_rle(mask)
+        rle = mask_to_rle(mask)
         return cls(image=image, label=label, category=category, phrase=phrase, rle=rle,
-                   bbox=rle_bbox(rle), score=float(score), round=round)
+                   bbox=rle_to_xywh(rle), score=float(score), round=round)
 
     def mask(self) -> np.ndarray:
-        return decode_rle(self.rle)
+        return rle_to_mask(self.rle)
 
 
 @dataclass

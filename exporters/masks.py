@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 
 from autolabel.errors import AutolabelError
-from autolabel.masks import decode_rle
+from autolabel.masks import rle_to_mask
 from autolabel.prediction import Prediction
 from autolabel.store import read_predictions
 
@@ -101,7 +101,7 @@ def _paint(pred: Prediction, position: int, record: ImageRecord, index: RunIndex
         for segment in turn.segments:
             if segment.image not in positions:
                 continue
-            mask = decode_rle(segment.rle)
+            mask = rle_to_mask(segment.rle)
             if not mask.any():
                 stats.skipped_empty += 1
                 continue

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from autolabel import __version__
 from autolabel.exporters.coco import JsonItems, atomic_output, dumps, index_runs
-from autolabel.masks import rle_area, rle_bbox
+from autolabel.masks import rle_to_area, rle_to_xywh
 from autolabel.store import read_predictions
 
 
@@ -71,7 +71,7 @@ def export_ytvis(run_dirs: list[Path], out: Path, *, min_score: float = 0.0) -> 
                 for track_id, segments in sorted(tracks.items()):
                     per_frame: list = [None] * len(frames)
                     for s in segments:
-                        if rle_area(s.rle):
+                        if rle_to_area(s.rle):
                             per_frame[position[pred.images[s.image].file]] = s
                     shown = [s for s in per_frame if s is not None]
                     first = segments[0]
@@ -82,8 +82,8 @@ def export_ytvis(run_dirs: list[Path], out: Path, *, min_score: float = 0.0) -> 
                         "score": sum(s.score for s in segments) / len(segments),
                         "segmentations": [{"size": s.rle["size"], "counts": s.rle["counts"]} if s else None
                                           for s in per_frame],
-                        "areas": [rle_area(s.rle) if s else None for s in per_frame],
-                        "bboxes": [rle_bbox(s.rle) if s else None for s in per_frame],
+                        "areas": [rle_to_area(s.rle) if s else None for s in per_frame],
+                        "bboxes": [rle_to_xywh(s.rle) if s else None for s in per_frame],
                         "track_id": track_id, "length": len(shown),
                         "attributes": {"group_id": pred.group_id, "template": pred.template, "model": pred.model,
                                        "question": turn.question, "explanation": pred.explanation,

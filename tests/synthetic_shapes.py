@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from autolabel.masks import encode_rle
+from autolabel.masks import mask_to_rle
 
 SIDE = 32
 COLORS = {"red": (220, 40, 40), "green": (40, 190, 60), "blue": (50, 70, 230), "yellow": (230, 210, 40)}
@@ -49,7 +49,7 @@ def make_task(root: Path, n: int, seed: int, name: str = "train") -> Path:
             for k, image in enumerate(images):
                 mask = _draw(image, target, rng)
                 _draw(image, others[k], rng)
-                targets.append({"image": k, "label": target, "mask": encode_rle(mask)})
+                targets.append({"image": k, "label": target, "mask": mask_to_rle(mask)})
             answer = f"In Image 1, the {target} [SEG]. In Image 2, the {target} [SEG]."
         else:
             question = f"Segment the {target}."
@@ -57,7 +57,7 @@ def make_task(root: Path, n: int, seed: int, name: str = "train") -> Path:
             for k, image in enumerate(images):
                 if kind == "find" and k == holder:
                     mask = _draw(image, target, rng)
-                    targets.append({"image": k, "label": target, "mask": encode_rle(mask)})
+                    targets.append({"image": k, "label": target, "mask": mask_to_rle(mask)})
                 _draw(image, others[k], rng)
             answer = (f"In Image {holder + 1}, the {target} [SEG]." if kind == "find"
                       else f"There is no {target} [REJ].")

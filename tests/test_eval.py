@@ -12,7 +12,7 @@ from PIL import Image
 from autolabel.errors import AutolabelError
 from autolabel.evaluation import evaluate, failures, metric_names, parse_fail_under, render_table, write_report
 from autolabel.exporters import export_coco
-from autolabel.masks import encode_rle
+from autolabel.masks import mask_to_rle
 from autolabel.prediction import ImageInfo, Prediction, Rejection, Segment, Turn, prediction_key
 from autolabel.store import PredictionWriter
 
@@ -32,7 +32,7 @@ def write_gt(path: Path, files: list[str], categories: dict[str, int], annotatio
     """A GT COCO file; an annotation is (file, category name, mask or raw segmentation)."""
     ids = {f: first_image_id + k for k, f in enumerate(files)}
     anns = [{"id": 100 + k, "image_id": ids[f], "category_id": categories[c], "iscrowd": 0,
-             "segmentation": encode_rle(m) if isinstance(m, np.ndarray) else m}
+             "segmentation": mask_to_rle(m) if isinstance(m, np.ndarray) else m}
             for k, (f, c, m) in enumerate(annotations)]
     path.write_text(json.dumps({"images": [{"id": i, "file_name": f, "height": h, "width": w} for f, i in ids.items()],
                                 "categories": [{"id": i, "name": n} for n, i in categories.items()],
@@ -124,7 +124,7 @@ def test_json_shape_and_null_is_not_zero(gsva_case, tmp_path):
     gt = write_gt(tmp_path / "gt2.json", ["a.png"], {"cat": 1}, [("a.png", "cat", box((0, 5, 0, 5)))])
     results = tmp_path / "results.json"  # a plain COCO results list: it cannot express rejections
     results.write_text(json.dumps([{"image_id": 1, "category_id": 1, "score": 0.7,
-                                    "segmentation": encode_rle(box((0, 5, 0, 5)))}]))
+                                    "segmentation": mask_to_rle(box((0, 5, 0, 5)))}]))
     doc = json.loads(json.dumps(evaluate(results, gt).to_json()))
     assert {"overall", "per_category", "per_template", "per_reasoning_category"} <= doc.keys()
     assert list(doc["overall"]) == list(metric_names())
@@ -294,7 +294,7 @@ def test_results_list_on_unknown_category_id_is_an_error(tmp_path):
     gt = write_gt(tmp_path / "gt.json", ["a.png"], {"cat": 1}, [])
     results = tmp_path / "results.json"
     results.write_text(json.dumps([{"id": 5, "image_id": 1, "category_id": 9, "score": 1,
-                                    "segmentation": encode_rle(box((0, 1, 0, 1)))}]))
+                                    "segmentation": mask_to_rle(box((0, 1, 0, 1)))}]))
     with pytest.raises(AutolabelError, match="PRED annotation id 5: unknown `category_id` 9"):
         evaluate(results, gt)
 

@@ -21,7 +21,7 @@ from autolabel.backends.base import TurnAnswer
 from autolabel.backends.vlm_coords import CoordinateFrame, ImageFrame
 from autolabel.errors import InputError
 from autolabel.groups import ImageGroup, VisualPrompt
-from autolabel.masks import decode_rle
+from autolabel.masks import rle_to_mask
 from autolabel.templates import RenderedPrompt
 
 EXEMPLAR_COLOR = (255, 0, 0)  # RGB
@@ -182,7 +182,7 @@ def exemplar_mask(group: ImageGroup, i: int, shape: tuple[int, int]) -> np.ndarr
     ref = group.images[i]
     spec = ref.prompt.mask if ref.prompt else None
     if isinstance(spec, dict):
-        mask = decode_rle(spec)
+        mask = rle_to_mask(spec)
     else:
         from PIL import Image
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from autolabel.masks import decode_rle
+from autolabel.masks import rle_to_mask
 
 TRUE_ONLY = (40, 200, 40)  # green: GT the prediction missed
 PRED_ONLY = (230, 40, 40)  # red: predicted where GT has nothing
@@ -80,5 +80,5 @@ def _overlay(panel: Panel) -> np.ndarray:
 def _union(rles: list[dict], panel: Panel) -> np.ndarray:
     mask = np.zeros((panel.height, panel.width), bool)
     for rle in rles:
-        mask |= decode_rle(rle)
+        mask |= rle_to_mask(rle)
     return mask

@@ -24,7 +24,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from autolabel.errors import AutolabelError
-from autolabel.masks import decode_rle
+from autolabel.masks import polygons_to_rle, rle_to_mask
 
 BOUND_TH = 0.008  # DAVIS: boundary tolerance as a fraction of the image diagonal
 VIDEO_METRICS = ("J", "F", "J&F")
@@ -93,7 +93,7 @@ class VideoTrack:
 
     def mask(self, k: int, shape: tuple[int, int]) -> np.ndarray | None:
         rle = self.frames.get(k)
-        return decode_rle(rle) if rle else None
+        return rle_to_mask(rle) if rle else None
 
 
 @dataclass
@@ -265,10 +265,7 @@ def _read_frame_coco(data: dict, categories: dict, path: Path) -> VideoSet:
 def _rle(segmentation, h: int, w: int) -> dict:
     if isinstance(segmentation, dict):
         return segmentation
-    from pycocotools import mask as mask_utils
-
-    rle = mask_utils.merge(mask_utils.frPyObjects(segmentation, h, w))
-    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
+    return polygons_to_rle(segmentation, h, w)
 
 
 def read_run_tracks(run_dirs: list[Path]) -> VideoSet:

@@ -17,7 +17,7 @@ from autolabel.prediction import Segment
 
 def segment_detection(fo, segment: Segment, turn: int):
     """The segment as an `fo.Detection`, or None for a mask with no pixel (nothing to review)."""
-    x, y, w, h = (int(v) for v in segment.bbox)  # rle_bbox of a mask: whole pixels
+    x, y, w, h = (int(v) for v in segment.bbox)  # rle_to_xywh of a mask: whole pixels
     if w == 0 or h == 0:
         return None
     height, width = segment.rle["size"]
