@@ -9,6 +9,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from autolabel.backends import DEFAULT_BACKEND
 from autolabel.errors import AutolabelError
 from autolabel.images import DEFAULT_MAX_PIXELS
 from autolabel.yaml_io import read_yaml_mapping
@@ -21,7 +22,7 @@ class RunConfig(BaseModel):
 
     input: Path | None = None  # None only with from_fiftyone
     prompt: list[str] = Field(default_factory=lambda: ["ontology"], min_length=1)
-    backend: str = "vlm-sam"
+    backend: str = DEFAULT_BACKEND
     model: str | None = None
     mask_model: str | None = None
     out: Path = Path("runs/latest")
