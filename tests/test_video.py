@@ -506,3 +506,30 @@ def test_push_makes_a_fiftyone_video_dataset_with_tracks_as_indexes(fo_db, tmp_p
     assert got == expected and stats.masks == len(expected)
     again = push_video([run], "video_push_test")
     assert len(fo_db.load_dataset("video_push_test")) == 1 and again.masks == stats.masks, "a second push replaces"
+
+
+def test_pull_reads_reviewed_frames_back_as_per_frame_coco(fo_db, tmp_path, tmp_path_factory):
+    from pycocotools.coco import COCO
+
+    from autolabel.masks import decode_rle
+    from autolabel.review.push_video import pull_video, push_video
+
+    run = labelled_clip(tmp_path_factory)
+    push_video([run], "video_pull_test")
+    sample = fo_db.load_dataset("video_pull_test").first()
+    frame = next(f for _, f in sample.frames.items() if f["predictions_multi_target"]
+                 and f["predictions_multi_target"].detections)
+    removed = frame["predictions_multi_target"].detections.pop(0)  # a reviewer deletes one mask
+    sample.save()
+    stats = pull_video("video_pull_test", tmp_path / "pulled.json")
+    coco = COCO(str(tmp_path / "pulled.json"))
+    (pred,) = read_predictions([run])
+    pushed = {(s.frame, s.track_id): s for s in pred.turns[0].segments if s.bbox[2] > 0}
+    anns = coco.loadAnns(coco.getAnnIds())
+    assert stats.clips == 1 and len(anns) == len(pushed) - 1
+    frame_of = {im["id"]: im["frame_index"] for im in coco.dataset["images"]}
+    assert all(im["video_id"] == 1 for im in coco.dataset["images"]) and len(coco.dataset["images"]) == 8
+    for a in anns:
+        s = pushed[(frame_of[a["image_id"]], a["attributes"]["track_id"])]
+        assert (coco.annToMask(a).astype(bool) == decode_rle(s.rle)).all(), "untouched masks come back exactly"
+    assert removed.index in {a["attributes"]["track_id"] for a in anns} or len(pushed) == 1

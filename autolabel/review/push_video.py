@@ -7,6 +7,11 @@ One sample per clip (its video file); each template's masks are a frame-level `D
 have them. FiftyOne frame numbers count from 1: frame index i of the clip is frame i + 1. A clip
 read from a folder of frames has no video file to play: it is counted in `skipped_frame_folders`.
 Pushing again replaces a clip's frame labels of the same field (a rerun's newer lines win).
+
+`pull` (`pull_video`) reads the frame fields back, as reviewers left them, into per-frame COCO
+(the `export coco` of video: `video_id`, `frame_index`, `timestamp`, `track_id` = the detection's
+`index`); the sample keeps what that needs (`autolabel_frames`: each sampled frame's name, index
+and time; the clip's size; the pushed templates).
 """
 
 from __future__ import annotations
@@ -41,6 +46,12 @@ def is_video_run(run_dirs: list[Path]) -> bool:
         if pred.images:
             return getattr(pred.images[0], "video", None) is not None
     return False
+
+
+def is_video_dataset(dataset_name: str) -> bool:
+    import fiftyone as fo
+
+    return fo.dataset_exists(dataset_name) and fo.load_dataset(dataset_name).media_type == "video"
 
 
 def push_video(run_dirs: list[Path], dataset_name: str, *, label_field: str | None = None,
@@ -96,7 +107,81 @@ def push_video(run_dirs: list[Path], dataset_name: str, *, label_field: str | No
             stats.masks += len(by_frame[number])
         sample["autolabel_group"] = pred.group_id
         sample["autolabel_model"] = pred.model
+        sample["autolabel_frames"] = [[im.file, im.frame, im.timestamp] for im in pred.images]
+        sample["autolabel_size"] = [first.width, first.height]
+        sample["autolabel_fields"] = sorted({*(_get(sample, "autolabel_fields") or []), name})
+        sample["autolabel_templates"] = {**(_get(sample, "autolabel_templates") or {}),
+                                         name: [pred.template, pred.template_hash, pred.category]}
         sample.save()
         stats.clips += 1
         stats.frames += len(by_frame)
+    return stats
+
+
+def _get(document, name: str):
+    return document[name] if document.has_field(name) else None
+
+
+@dataclass
+class VideoPullStats:
+    clips: int = 0
+    frames: int = 0
+    masks: int = 0
+
+
+def pull_video(dataset_name: str, out: Path, *, field: str | None = None) -> VideoPullStats:
+    """The video dataset's frame labels (every field push wrote, or only `field`) as per-frame COCO."""
+    import tempfile
+
+    import fiftyone as fo
+
+    from autolabel.exporters.coco import export_coco
+    from autolabel.prediction import ImageInfo, Prediction, Segment, Turn
+    from autolabel.review.detections import detection_mask
+    from autolabel.store import PredictionWriter
+
+    if not fo.dataset_exists(dataset_name):
+        raise AutolabelError(f"no FiftyOne dataset {dataset_name!r}")
+    dataset = fo.load_dataset(dataset_name)
+    stats = VideoPullStats()
+    with tempfile.TemporaryDirectory() as tmp:
+        writer = PredictionWriter(Path(tmp), None)
+        try:
+            for sample in dataset:
+                frames = _get(sample, "autolabel_frames")
+                if not frames:
+                    continue
+                width, height = sample["autolabel_size"]
+                position = {number + 1: p for p, (_, number, _) in enumerate(frames)}
+                video = frames[0][0].rsplit("/", 1)[0]
+                images = [ImageInfo(file, width, height, video=video, frame=number, timestamp=t)
+                          for file, number, t in frames]
+                templates = _get(sample, "autolabel_templates") or {}
+                for name in sample["autolabel_fields"]:
+                    if field is not None and name != field:
+                        continue
+                    segments = []
+                    for number, frame in sample.frames.items():
+                        labels = frame[name] if frame.has_field(name) else None
+                        if number not in position or labels is None:
+                            continue
+                        for d in labels.detections:
+                            mask = detection_mask(d, width, height)
+                            segments.append(Segment.from_mask(
+                                mask, image=position[number], label=_get(d, "model_label") or d.label,
+                                category=d.label, phrase=_get(d, "phrase") or d.label,
+                                score=d.confidence if d.confidence is not None else 1.0))
+                            segments[-1].frame, segments[-1].track_id = number - 1, d.index
+                            segments[-1].timestamp = frames[position[number]][2]
+                        stats.frames += 1
+                    stats.masks += len(segments)
+                    template, thash, category = templates.get(name, [name, "", ""])
+                    writer.write([Prediction(key=f"{sample['autolabel_group']}|{template}|{sample['autolabel_model']}",
+                                             group_id=sample["autolabel_group"], images=images, template=template,
+                                             template_hash=thash, model=sample["autolabel_model"], backend="review",
+                                             turns=[Turn(question="", segments=segments)], category=category)])
+                stats.clips += 1
+        finally:
+            writer.close()
+        export_coco([Path(tmp)], Path(out))
     return stats
