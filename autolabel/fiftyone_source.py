@@ -16,17 +16,16 @@ order, so shards, `--limit` and resume behave as for folders.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 
 from autolabel.errors import AutolabelError
-from autolabel.groups import BadGroup, ImageGroup
 
 
-def open_fiftyone_source(name: str, view_name: str | None = None):
+def fiftyone_members(name: str, view_name: str | None = None) -> tuple[Path, dict[str, list[tuple[str, str]]]]:
+    """(the common folder of the images, group id -> [(sample id, file path)]) of a dataset or saved view.
+
+    sources.py turns them into groups with the same path rules as a folder."""
     from autolabel.review.database import connect
-    from autolabel.sources import Source, _group, _PathResolver
 
     fo = connect()
     if not fo.dataset_exists(name):
@@ -50,20 +49,7 @@ def open_fiftyone_source(name: str, view_name: str | None = None):
     if any("://" in p for p in paths):
         raise AutolabelError(f"--from-fiftyone {name!r}: images in cloud storage are not supported; "
                              "download them (FiftyOne's media cache) and label a dataset of local files")
-    root = Path(os.path.commonpath([os.path.dirname(p) for p in paths]))
-    resolver = _PathResolver(root, allow_outside=False)
-
-    def groups(stats) -> Iterator[ImageGroup | BadGroup]:
-        for group_id, images in members.items():
-            group = _group(resolver, group_id, [Path(p).relative_to(root).as_posix() for _, p in images])
-            if isinstance(group, ImageGroup):
-                group = replace(group, images=tuple(replace(ref, sample_id=sample_id)
-                                                    for ref, (sample_id, _) in zip(group.images, images)))
-            yield group
-
-    source = Source(root, "fiftyone", None)
-    source._groups = lambda: groups(source.stats)
-    return source
+    return Path(os.path.commonpath([os.path.dirname(p) for p in paths])), members
 
 
 def _members(dataset, view, where: str) -> dict[str, list[tuple[str, str]]]:

@@ -26,7 +26,7 @@ import json
 import os
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from autolabel.errors import AutolabelError, InputError, describe_files
@@ -65,9 +65,11 @@ def open_source(input: Path | None, *, manifest: Path | None = None, group_by: s
                 view: str | None = None, video: VideoSpec | None = None, frames: bool = False) -> Source:
     video = video or VideoSpec()
     if from_fiftyone is not None:  # a FiftyOne dataset or saved view (fiftyone_source.py)
-        from autolabel.fiftyone_source import open_fiftyone_source
+        from autolabel.fiftyone_source import fiftyone_members
 
-        return open_fiftyone_source(from_fiftyone, view)
+        root, members = fiftyone_members(from_fiftyone, view)
+        resolver = _PathResolver(root, allow_outside=False)
+        return _source(resolver, "fiftyone", lambda s: _fiftyone_groups(resolver, members))
     input = Path(input)
     if manifest is not None:
         input = Path(manifest)
@@ -99,6 +101,18 @@ def _source(resolver: _PathResolver, kind: str, make) -> Source:
     src = Source(resolver.root, kind, None)
     src._groups = lambda: make(src.stats)
     return src
+
+
+def _fiftyone_groups(resolver: _PathResolver, members: dict[str, list[tuple[str, str]]]
+                     ) -> Iterator[ImageGroup | BadGroup]:
+    """A FiftyOne group (or sample) per image group; each image keeps its sample id, so push
+    writes back onto the same samples."""
+    for group_id, images in members.items():
+        group = _group(resolver, group_id, [Path(p).relative_to(resolver.root).as_posix() for _, p in images])
+        if isinstance(group, ImageGroup):
+            group = replace(group, images=tuple(replace(ref, sample_id=sample_id)
+                                                for ref, (sample_id, _) in zip(group.images, images)))
+        yield group
 
 
 def _compile_group_by(regex: str) -> re.Pattern:
