@@ -50,8 +50,24 @@ install: $(VENV)/.installed
 
 install-test: $(VENV)/.installed-test
 
+# `make demo`: with CUDA, the default models on every example group; without, the README's CPU
+# suggestion on 2 groups. `make demo MODEL=... MASK_MODEL=...` picks the models. The run first
+# lists every model it needs and whether it is cached, before anything is downloaded.
+MODEL ?=
+MASK_MODEL ?=
+CUDA := $(VENV)/bin/python -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"
+
 demo: install
-	$(VENV)/bin/autolabel run examples/groups --prompt functional --prompt ontology --out $(DEMO_OUT)
+	@if $(CUDA); then \
+		model="$(or $(MODEL),Qwen/Qwen2.5-VL-3B-Instruct)"; mask="$(or $(MASK_MODEL),facebook/sam2.1-hiera-base-plus)"; \
+		more=""; echo "demo: CUDA found: $$model + $$mask on the 4 example groups (under a minute once the models are here)"; \
+	else \
+		model="$(or $(MODEL),Qwen/Qwen3-VL-2B-Instruct)"; mask="$(or $(MASK_MODEL),facebook/sam-vit-base)"; \
+		more="--dtype fp32 --batch-size 1 --limit 2"; \
+		echo "demo: no CUDA: $$model + $$mask on 2 example groups (expect a few minutes per group on a CPU)"; \
+	fi; \
+	$(VENV)/bin/autolabel run examples/groups --prompt functional --prompt ontology --model "$$model" \
+		--mask-model "$$mask" $$more --out $(DEMO_OUT)
 	$(VENV)/bin/autolabel export coco $(DEMO_OUT) -o $(DEMO_OUT)/coco.json
 	$(VENV)/bin/autolabel export overlays $(DEMO_OUT) -o $(DEMO_OUT)/overlays
 	@echo "overlays (masks drawn over each group's images, one PNG per group x template): $(DEMO_OUT)/overlays/"

@@ -77,6 +77,7 @@ class Progress:
     `advance` is called as lines reach the disk: `groups` whose every line is now written (with
     their `images`), and `failed` lines among those just written."""
 
+    def note(self, lines: list[str]) -> None: ...
     def start(self, total_groups: int | None, finished: int = 0) -> None: ...
     def advance(self, groups: int, images: int, failed: int) -> None: ...
     def stop(self) -> None: ...
@@ -271,7 +272,7 @@ class Engine:
         if plan.work:
             from autolabel.preflight import check_run
 
-            check_run(cfg)
+            self.progress.note(check_run(cfg))
         writer = PredictionWriter(cfg.out, cfg.shard_name)
         self._status = {key: line[0] for key, line in lines.items()}
         del lines

@@ -33,21 +33,32 @@ class NeededModel:
     default: bool  # not given: the backend's default
 
 
-def check_run(config: RunConfig) -> None:
-    """Raise one AutolabelError naming every problem with --dtype, --device and the models."""
+def check_run(config: RunConfig) -> list[str]:
+    """Raise one AutolabelError naming every problem with --dtype, --device and the models; else
+    say, a line per model, where each will load from (before anything is downloaded)."""
     problems = [p for p in (_dtype_problem(config.dtype),) if p]
+    needed: list[NeededModel] = []
     if config.ray_address is None:
         problems += [p for p in (_device_problem(config.device),) if p]
         try:
             needed = needed_models(config)
         except AutolabelError as e:
             problems.append(str(e))
-            needed = []
         missing = _missing_models(needed)
         if missing:
             problems.append(missing)
     if problems:
         raise AutolabelError("; ".join(problems))
+    return [f"{m.flag} {m.model}{' (default)' if m.default else ''}: {_where(m.model)}" for m in needed]
+
+
+def _where(model: str) -> str:
+    """Where a model that will load comes from: a local path, the HF cache, or a download."""
+    path = Path((_PTH.match(model) or {"file": model})["file"]).expanduser()
+    if path.exists():
+        return f"local {path.resolve()}"
+    cached = cached_snapshot(model)
+    return f"cached ({cached})" if cached else "not cached: it will be downloaded from the Hugging Face Hub now"
 
 
 def needed_models(config: RunConfig) -> list[NeededModel]:

@@ -11,6 +11,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress as _RichProgress, ProgressColumn, TextColumn, \
     TimeElapsedColumn, TimeRemainingColumn
 from rich.text import Text
@@ -49,6 +50,12 @@ class RichProgress(Progress):
         self._start = 0.0
         self._total: int | None = None
         self._finished = self._groups = self._images = self._failed = 0
+
+    def note(self, lines: list[str]) -> None:
+        """Before the bar: where each model loads from (a download is said before it starts)."""
+        if self.enabled:
+            for line in lines:
+                self.console.print(f"[dim]model[/] {escape(line)}", highlight=False, soft_wrap=True)
 
     def start(self, total_groups: int | None, finished: int = 0) -> None:
         self._start = self.clock()

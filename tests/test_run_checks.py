@@ -142,3 +142,37 @@ def test_paths_in_a_run_file_are_relative_to_it(tmp_path, monkeypatch):
     assert load_run_config(run_file, {}).model == "Qwen/Qwen2.5-VL-7B-Instruct"
     # flags are relative to the working directory, as always
     assert load_run_config(run_file, {"model": "models/vlm"}).model == "models/vlm"
+
+
+def test_the_run_says_where_each_model_comes_from_before_loading(tmp_path, empty_hf_cache):
+    """A local directory, a cached hub id: one line each, printed before the bar starts."""
+    from autolabel.preflight import check_run
+
+    local = tmp_path / "my-vlm"
+    local.mkdir()
+    (local / "config.json").write_text("{}")
+    snapshot = empty_hf_cache / "models--facebook--sam-vit-base" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}")
+    (empty_hf_cache / "models--facebook--sam-vit-base" / "refs").mkdir()
+    (empty_hf_cache / "models--facebook--sam-vit-base" / "refs" / "main").write_text("abc123")
+    config = load_run_config(None, {"input": str(make_groups(tmp_path / "data", 1)), "model": str(local),
+                                    "mask_model": "facebook/sam-vit-base", "out": str(tmp_path / "run")})
+    lines = check_run(config)
+    assert lines == [f"--model {local}: local {local.resolve()}",
+                     f"--mask-model facebook/sam-vit-base: cached ({snapshot})"]
+    server = config.model_copy(update={"server": "http://gpu-box:8000/v1", "model": "served-name"})
+    assert check_run(server) == lines[1:]  # the reasoning model is the server's
+
+
+def test_rich_progress_prints_the_model_lines_unless_quiet():
+    import io
+
+    from rich.console import Console
+
+    from autolabel.progress import RichProgress
+
+    out = io.StringIO()
+    RichProgress(Console(file=out, width=200)).note(["--model a/b: cached (/x)"])
+    RichProgress(Console(file=out, width=200), enabled=False).note(["--model c/d: local /y"])
+    assert out.getvalue() == "model --model a/b: cached (/x)\n"
