@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from autolabel.masks import encode_rle
+from autolabel.masks import mask_to_rle
 
 MERGE_IOU = 0.5
 
@@ -87,7 +87,7 @@ class VideoTracker:
                                                               binarize=True)[0]
                     scores = torch.sigmoid(result.object_score_logits.float().reshape(-1)).cpu().numpy()
                     for j in range(len(obj_ids)):
-                        out[j][position] = (encode_rle(masks[j, 0].cpu().numpy()), float(scores[j]))
+                        out[j][position] = (mask_to_rle(masks[j, 0].cpu().numpy()), float(scores[j]))
                     self.frames_tracked += 1
                     self.peak_state_bytes = max(self.peak_state_bytes, _forget(session, position, self.window, reverse))
         return out
