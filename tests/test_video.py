@@ -179,12 +179,12 @@ def test_keyframe_targets_become_one_track_per_target_over_every_sampled_frame(t
 
 def test_the_same_object_on_two_keyframes_is_one_track(tmp_path, tmp_path_factory):
     from autolabel.backends.tracking import Track, merge_tracks
-    from autolabel.masks import encode_rle
+    from autolabel.masks import mask_to_rle
 
     def rle(x0):
         m = np.zeros((20, 20), bool)
         m[5:10, x0:x0 + 5] = True
-        return encode_rle(m)
+        return mask_to_rle(m)
 
     a = Track("square", 0, 0, {0: (rle(0), 0.9), 1: (rle(2), 0.8), 2: (rle(4), 0.7)})
     b = Track("square", 2, 1, {0: (rle(1), 0.5), 1: (rle(2), 0.6), 2: (rle(4), 0.95)})
@@ -340,7 +340,7 @@ def test_export_coco_makes_every_sampled_frame_an_image_with_its_clip_and_time(t
     from pycocotools.coco import COCO
 
     from autolabel.exporters.coco import export_coco
-    from autolabel.masks import decode_rle
+    from autolabel.masks import rle_to_mask
 
     run = labelled_clip(tmp_path_factory)
     out = tmp_path / "coco.json"
@@ -357,12 +357,12 @@ def test_export_coco_makes_every_sampled_frame_an_image_with_its_clip_and_time(t
     frame_of = {im["id"]: im["frame_index"] for im in images}
     for a in anns:
         s = by_frame[(frame_of[a["image_id"]], a["attributes"]["track_id"])]
-        assert (coco.annToMask(a).astype(bool) == decode_rle(s.rle)).all()
+        assert (coco.annToMask(a).astype(bool) == rle_to_mask(s.rle)).all()
 
 
 def test_export_ytvis_round_trips_every_frame_mask_exactly(tmp_path, tmp_path_factory):
     from autolabel.exporters.ytvis import export_ytvis
-    from autolabel.masks import decode_rle
+    from autolabel.masks import rle_to_mask
 
     run = labelled_clip(tmp_path_factory)
     out = tmp_path / "ytvis.json"
@@ -379,9 +379,9 @@ def test_export_ytvis_round_trips_every_frame_mask_exactly(tmp_path, tmp_path_fa
         for p, seg in enumerate(ann["segmentations"]):
             (s,) = [s for s in pred.turns[0].segments if s.track_id == ann["track_id"] and s.image == p]
             if seg is None:
-                assert not decode_rle(s.rle).any()
+                assert not rle_to_mask(s.rle).any()
             else:
-                assert (decode_rle(seg) == decode_rle(s.rle)).all() and ann["areas"][p] == int(decode_rle(seg).sum())
+                assert (rle_to_mask(seg) == rle_to_mask(s.rle)).all() and ann["areas"][p] == int(rle_to_mask(seg).sum())
 
 
 def test_export_masks_writes_a_png_per_frame(tmp_path, tmp_path_factory):
@@ -430,13 +430,13 @@ def test_region_j_and_boundary_f_hand_computed():
 
 def test_track_j_and_f_count_empty_frames_and_unmatched_tracks():
     from autolabel.evaluation.video_metrics import VideoTrack, evaluate_tracks
-    from autolabel.masks import encode_rle
+    from autolabel.masks import mask_to_rle
 
     a = square(40, 40, 5, 5, 10)
-    gt = VideoTrack("clip", 7, "cat", {0: encode_rle(a), 1: None, 2: encode_rle(a)})
-    gt2 = VideoTrack("clip", 8, "dog", {0: encode_rle(square(40, 40, 25, 25, 8))})
-    pred = VideoTrack("clip", 1, "cat", {0: encode_rle(a), 1: None, 2: encode_rle(np.zeros((40, 40), bool))})
-    stray = VideoTrack("clip", 2, "cat", {1: encode_rle(a)})
+    gt = VideoTrack("clip", 7, "cat", {0: mask_to_rle(a), 1: None, 2: mask_to_rle(a)})
+    gt2 = VideoTrack("clip", 8, "dog", {0: mask_to_rle(square(40, 40, 25, 25, 8))})
+    pred = VideoTrack("clip", 1, "cat", {0: mask_to_rle(a), 1: None, 2: mask_to_rle(np.zeros((40, 40), bool))})
+    stray = VideoTrack("clip", 2, "cat", {1: mask_to_rle(a)})
     result = evaluate_tracks([pred, stray], [gt, gt2], {"clip": ([0, 1, 2], (40, 40))})
     first, second = result.tracks
     assert (first.gt_track, first.pred_track) == (7, 1)
@@ -483,9 +483,9 @@ def test_eval_a_run_against_video_ground_truth_with_fail_under(tmp_path, tmp_pat
 
 
 def _rle_of(mask):
-    from autolabel.masks import encode_rle
+    from autolabel.masks import mask_to_rle
 
-    return encode_rle(mask)["counts"]
+    return mask_to_rle(mask)["counts"]
 
 
 # -- FiftyOne ----------------------------------------------------------------------------------
@@ -511,7 +511,7 @@ def test_push_makes_a_fiftyone_video_dataset_with_tracks_as_indexes(fo_db, tmp_p
 def test_pull_reads_reviewed_frames_back_as_per_frame_coco(fo_db, tmp_path, tmp_path_factory):
     from pycocotools.coco import COCO
 
-    from autolabel.masks import decode_rle
+    from autolabel.masks import rle_to_mask
     from autolabel.review.push_video import pull_video, push_video
 
     run = labelled_clip(tmp_path_factory)
@@ -531,5 +531,5 @@ def test_pull_reads_reviewed_frames_back_as_per_frame_coco(fo_db, tmp_path, tmp_
     assert all(im["video_id"] == 1 for im in coco.dataset["images"]) and len(coco.dataset["images"]) == 8
     for a in anns:
         s = pushed[(frame_of[a["image_id"]], a["attributes"]["track_id"])]
-        assert (coco.annToMask(a).astype(bool) == decode_rle(s.rle)).all(), "untouched masks come back exactly"
+        assert (coco.annToMask(a).astype(bool) == rle_to_mask(s.rle)).all(), "untouched masks come back exactly"
     assert removed.index in {a["attributes"]["track_id"] for a in anns} or len(pushed) == 1
