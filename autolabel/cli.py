@@ -17,6 +17,7 @@ from rich.markup import escape
 from typer.core import TyperCommand, TyperGroup
 
 from autolabel import __version__
+from autolabel.backends import DEFAULT_API_KEY_ENV
 from autolabel.errors import AutolabelError
 
 app = typer.Typer(
@@ -607,7 +608,7 @@ def doctor(
                                                        "its models, structured output, logprobs, image sizes.")] = None,
     model: Annotated[Optional[str], typer.Option(help="--server: check only this served model.")] = None,
     api_key_env: Annotated[str, typer.Option(help="--server: environment variable holding the API key.")]
-    = "OPENAI_API_KEY",
+    = DEFAULT_API_KEY_ENV,
 ) -> None:
     """Report Python, torch/CUDA, library versions, cached checkpoints, MongoDB and, with --server, a serving engine."""
     from autolabel import doctor as _doctor

@@ -9,7 +9,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from autolabel.backends import DEFAULT_BACKEND
+from autolabel.backends import DEFAULT_API_KEY_ENV, DEFAULT_BACKEND, DEFAULT_CONCURRENCY
 from autolabel.errors import AutolabelError
 from autolabel.images import DEFAULT_MAX_PIXELS
 from autolabel.yaml_io import read_yaml_mapping
@@ -46,8 +46,8 @@ class RunConfig(BaseModel):
     gpus_per_worker: float | None = Field(None, ge=0)
     ray_address: str | None = None
     server: str | None = None
-    concurrency: int = Field(32, ge=1)
-    api_key_env: str = "OPENAI_API_KEY"
+    concurrency: int = Field(DEFAULT_CONCURRENCY, ge=1)
+    api_key_env: str = DEFAULT_API_KEY_ENV
     quiet: bool = False
     min_score: float = 0.0  # masks scored below this are left out of the prediction lines
     from_fiftyone: str | None = None  # a FiftyOne dataset as the input (fiftyone_source.py) ...

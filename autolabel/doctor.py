@@ -22,7 +22,7 @@ from typing import Literal
 
 from rich.table import Table
 
-from autolabel.backends import BUILTIN_BACKENDS, DEFAULT_BACKEND
+from autolabel.backends import BUILTIN_BACKENDS, DEFAULT_API_KEY_ENV, DEFAULT_BACKEND
 
 Status = Literal["ok", "warn", "missing"]
 
@@ -75,7 +75,7 @@ def collect() -> list[Check]:
     ]
 
 
-def server_checks(url: str, model: str | None = None, api_key_env: str = "OPENAI_API_KEY") -> list[Check]:
+def server_checks(url: str, model: str | None = None, api_key_env: str = DEFAULT_API_KEY_ENV) -> list[Check]:
     """What a serving engine offers: its models and, for each (or `model`), whether structured
     output, logprobs and exact image sizes work, found out with the same start-up probe as a run.
     An unreachable server or a refused key raises AutolabelError (exit 2)."""

@@ -25,6 +25,8 @@ class BackendSpec:
 BUILTIN_BACKENDS: dict[str, BackendSpec] = {}
 
 DEFAULT_BACKEND = "vlm-sam"
+DEFAULT_CONCURRENCY = 32  # --server: requests in flight
+DEFAULT_API_KEY_ENV = "OPENAI_API_KEY"  # --server: the variable holding the API key (never stored)
 
 
 def register(spec: BackendSpec) -> None:

@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from autolabel.backends import DEFAULT_API_KEY_ENV, DEFAULT_CONCURRENCY
 from autolabel.groups import ImageGroup
 from autolabel.prediction import Rejection
 from autolabel.templates import RenderedPrompt
@@ -68,8 +69,8 @@ class BackendOptions:
     max_new_tokens: int | None = None  # None: the backend's own default (vlm-sam: the schema's longest answer)
     trust_remote_code: bool = False
     server: str | None = None        # an OpenAI-compatible endpoint that runs the reasoning model
-    concurrency: int = 32            # requests in flight to the server
-    api_key_env: str = "OPENAI_API_KEY"  # the variable holding the server's API key (never stored)
+    concurrency: int = DEFAULT_CONCURRENCY  # requests in flight to the server
+    api_key_env: str = DEFAULT_API_KEY_ENV  # the variable holding the server's API key (never stored)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
