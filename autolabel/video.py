@@ -253,9 +253,11 @@ def iter_clip(clip: VideoClip, start: int, stop: int, *, reverse: bool = False) 
         yield from _checked(clip, read_frames(clip, expected), expected)
         return
     hi = start
+    chunk: list = []
     while hi >= stop:
         lo = max(stop, hi - SEEK_CHUNK + 1)
         expected = list(range(lo, hi + 1))
+        chunk.clear()  # the last chunk goes before the next is read: one chunk in memory, not two
         chunk = list(_checked(clip, read_frames(clip, expected), expected))
         yield from reversed(chunk)
         hi = lo - 1
