@@ -169,7 +169,7 @@ class Labeler:
                 prompt = render(template, n_images=len(group.images),
                                 variables=given_variables(self.config.var, group),
                                 group_id=group.id, files=[im.file for im in group.images],
-                                exemplars=exemplar_images(group))
+                                exemplars=exemplar_images(group), image_names=keyframe_names(group.video))
             except AutolabelError as e:
                 failures.append(self.failure(group, key, "template", str(e), template=template))
                 continue
@@ -295,6 +295,15 @@ def given_variables(config_var: Mapping[str, str], group: ImageGroup | BadGroup)
     a COCO annotation's category) as `label`, then the group's own manifest variables; later wins."""
     label = next((im.prompt.label for im in group.images if im.prompt is not None and im.prompt.label), None)
     return {**config_var, **({"label": label} if label else {}), **getattr(group, "variables", {})}
+
+
+def keyframe_names(clip) -> list[str] | None:
+    """'Frame k (t=...s)' for the keyframes of a decoded video clip, None for images (video.py)."""
+    if getattr(clip, "keyframes", None) is None:
+        return None
+    from autolabel.video import keyframe_names as names
+
+    return names(clip)
 
 
 def exemplar_images(group: ImageGroup) -> tuple[int, ...]:

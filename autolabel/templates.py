@@ -228,19 +228,23 @@ def missing_variables(template: Template, given: dict[str, str] | None) -> list[
 
 
 def render(template: Template, *, n_images: int, variables: dict[str, str] | None = None,
-           group_id: str = "", files: list[str] | None = None, exemplars: tuple[int, ...] = ()) -> RenderedPrompt:
+           group_id: str = "", files: list[str] | None = None, exemplars: tuple[int, ...] = (),
+           image_names: list[str] | None = None) -> RenderedPrompt:
     """Render every turn and the ontology for one group; a missing variable names itself.
 
     `exemplars` are the 1-based numbers of the images that carry a visual prompt; templates see
-    them as `exemplar_images` ("Image 2", ...; "Image 1" when none is marked)."""
+    them as `exemplar_images` ("Image 2", ...; "Image 1" when none is marked). `image_names` are
+    what templates call the images (`images`), when not "Image N": a video clip's keyframes are
+    "Frame k (t=...s)"."""
     from jinja2 import TemplateError, UndefinedError
 
     values = {k: v.default for k, v in template.variables.items() if v.default is not None}
     values.update(variables or {})
     marked = tuple(sorted(set(exemplars))) or (1,)
     context = {**values, "num_images": n_images, "group_id": group_id,
-               "images": [f"Image {i}" for i in range(1, n_images + 1)], "files": files or [],
-               "exemplar_images": [f"Image {i}" for i in marked]}
+               "images": list(image_names or [f"Image {i}" for i in range(1, n_images + 1)]), "files": files or [],
+               "exemplar_images": [(image_names or [])[i - 1] if i <= len(image_names or []) else f"Image {i}"
+                                   for i in marked]}
     env = _jinja()
 
     def _render(text: str, where: str) -> str:

@@ -309,6 +309,11 @@ def _seek(cv2, cap, index: int) -> bool:
     return False
 
 
+def keyframe_names(clip: VideoClip) -> list[str]:
+    """What the VLM calls the keyframes: 'Frame k (t=...s)', k from 1 in clip order."""
+    return [f"Frame {k + 1} (t={clip.timestamps[p]:.2f}s)" for k, p in enumerate(clip.keyframes)]
+
+
 def frame_infos(clip: VideoClip) -> list:
     """The prediction line's images for a clip: every sampled frame, with its index and time."""
     from autolabel.prediction import ImageInfo

@@ -175,6 +175,8 @@ def test_keyframe_targets_become_one_track_per_target_over_every_sampled_frame(t
     texts = [c["text"] for c in chat[0]["content"] if c["type"] == "text"]
     assert texts[0].startswith("Frame 1 (t=0.20s)") and texts[2].startswith("Frame 3 (t=1.00s)")
     assert "Frame 1, Frame 2, Frame 3" in texts[-1]
+    # templates name the keyframes too ("labelled {{ images | join }}" in multi-target's system text)
+    assert "labelled Frame 1 (t=0.20s), Frame 2 (t=0.60s), Frame 3 (t=1.00s)" in texts[-1]
 
 
 def test_the_same_object_on_two_keyframes_is_one_track(tmp_path, tmp_path_factory):

@@ -81,7 +81,9 @@ def keyframe_names(group: ImageGroup) -> list[str] | None:
     clip = getattr(group, "video", None)
     if getattr(clip, "keyframes", None) is None:
         return None
-    return [f"Frame {k + 1} (t={clip.timestamps[p]:.2f}s)" for k, p in enumerate(clip.keyframes)]
+    from autolabel.video import keyframe_names as names
+
+    return names(clip)
 
 
 def visual_prompt_text(group: ImageGroup, frames: list[ImageFrame]) -> str:
