@@ -181,7 +181,7 @@ def test_the_server_killed_mid_run_fails_only_the_groups_left_and_a_rerun_comple
             if lines_file.exists() and lines_file.read_text().count('"status":"ok"') >= 2:
                 break
             time.sleep(0.05)
-        doomed.process.kill()  # SIGKILL: no goodbye to the clients
+        doomed.kill()  # SIGKILL to the server and its engine: no goodbye to the clients
         _, stderr = run.communicate(timeout=300)
     finally:
         doomed.stop()

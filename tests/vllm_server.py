@@ -50,7 +50,7 @@ class VllmServer:
                 *(("--api-key", api_key) if api_key else ()), *extra_args]
         self._log = open(self.log_path, "wb")
         self.process = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, env=env,
-                                        start_new_session=True)
+                                        preexec_fn=_own_group_ending_with_parent)
         self._wait_ready()
 
     def _wait_ready(self) -> None:
@@ -90,15 +90,38 @@ class VllmServer:
     def log_tail(self, n: int = 40) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
 
+    def kill(self) -> None:
+        """SIGKILL the server and its engine processes at once, as a crash or the OOM killer would."""
+        self._signal(signal.SIGKILL)
+        self.process.wait()
+
     def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+        """Stop the whole process group, also when the API server is already gone (its engine
+        processes would otherwise outlive it)."""
+        self._signal(signal.SIGTERM)
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self._signal(signal.SIGKILL)
+            self.process.wait()
+        time.sleep(0.5)
+        self._signal(signal.SIGKILL)  # engine processes that ignored SIGTERM
         self._log.close()
+
+    def _signal(self, sig: int) -> None:
+        try:
+            os.killpg(self.process.pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+def _own_group_ending_with_parent() -> None:
+    """In the child: a process group of its own (stopped as one), and SIGTERM when the test process
+    dies, so a killed test run never leaves a server behind (Linux prctl PR_SET_PDEATHSIG)."""
+    import ctypes
+
+    os.setsid()
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGTERM))
 
 
 def metric_sum(metrics: dict[str, float], name: str) -> float:
