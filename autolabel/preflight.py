@@ -66,7 +66,9 @@ def needed_models(config: RunConfig) -> list[NeededModel]:
     spec = available_backends().get(config.backend)
     if config.backend == "vlm-sam" and spec is not None:
         out = [] if config.server else [NeededModel("--model", config.model or spec.default_model, not config.model)]
-        return out + [NeededModel("--mask-model", config.mask_model or spec.default_mask_model, not config.mask_model)]
+        tracker = config.backend_option.get("tracker")  # video: the SAM 2 video model (backends/tracking.py)
+        return out + [NeededModel("--mask-model", config.mask_model or spec.default_mask_model, not config.mask_model)] \
+            + ([NeededModel("--backend-option tracker", str(tracker), False)] if tracker else [])
     if config.backend == "prima":
         if not config.model:
             raise AutolabelError("--backend prima needs --model DIR: a checkpoint made by `autolabel train prima`")

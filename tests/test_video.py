@@ -555,3 +555,14 @@ def test_a_two_round_template_on_a_clip_tracks_each_round(tmp_path, tmp_path_fac
     assert {s.round for s in pred.turns[1].segments} == {1}
     second = chats[0][1]
     assert any("Frame 1 (t=" in c.get("text", "") for c in second[0]["content"])
+
+
+def test_a_missing_tracker_model_is_a_usage_error_before_anything_loads(tmp_path, tmp_path_factory):
+    from autolabel.errors import AutolabelError
+
+    write_clip(tmp_path / "data" / "a.avi", 4)
+    cfg = video_config(tmp_path, tmp_path_factory, tmp_path / "data")
+    cfg = cfg.model_copy(update={"backend_option": {**cfg.backend_option, "tracker": str(tmp_path / "no-such-model")}})
+    with pytest.raises(AutolabelError, match="tracker"):
+        Engine(cfg).run()
+    assert not (cfg.out / "predictions.jsonl").exists()
