@@ -94,6 +94,7 @@ def test_decoded_clip_group_has_keyframes_as_images(tmp_path):
     assert decoded.group.video.frames == tuple(range(10))
     again = type(group).from_json(json.loads(json.dumps(decoded.group.to_json())))
     assert again == decoded.group
+    assert type(group).from_json(json.loads(json.dumps(group.to_json()))) == group, "a Ray worker rebuilds the clip"
 
 
 # -- reasoning on keyframes, tracking through the clip ------------------------------------------
