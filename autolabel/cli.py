@@ -141,7 +141,7 @@ def run(
                                                               "writes back onto the same samples.")] = None,
     view: Annotated[Optional[str], typer.Option(help="--from-fiftyone: label only this saved view.")] = None,
     fps: Annotated[Optional[float], typer.Option(help="Video: frames per second labelled (tracked).  "
-                                                      "\[default: every frame]")] = None,
+                                                      "\\[default: every frame]")] = None,
     max_frames: Annotated[Optional[int], typer.Option(help="Video: label at most the first N sampled frames "
                                                            "of a clip.")] = None,
     keyframes: Annotated[Optional[int], typer.Option(help="Video: frames the VLM sees, spread over the clip; "

@@ -144,9 +144,13 @@ def test_paths_in_a_run_file_are_relative_to_it(tmp_path, monkeypatch):
     assert load_run_config(run_file, {"model": "models/vlm"}).model == "models/vlm"
 
 
-def test_the_run_says_where_each_model_comes_from_before_loading(tmp_path, empty_hf_cache):
+def test_the_run_says_where_each_model_comes_from_before_loading(tmp_path, empty_hf_cache, monkeypatch):
     """A local directory, a cached hub id: one line each, printed before the bar starts."""
+    from huggingface_hub import constants
+
     from autolabel.preflight import check_run
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(empty_hf_cache))  # read at import, maybe by an earlier test
 
     local = tmp_path / "my-vlm"
     local.mkdir()
