@@ -77,10 +77,3 @@ def _compressed(rle: dict) -> dict:
     if isinstance(rle.get("counts"), list):
         return mask_utils.frPyObjects(rle, *rle["size"])
     return rle
-
-
-# The earlier names, still used by modules other work has open; the same functions.
-encode_rle = mask_to_rle
-decode_rle = rle_to_mask
-rle_area = rle_to_area
-rle_bbox = rle_to_xywh

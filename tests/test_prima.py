@@ -15,7 +15,7 @@ from test_cli import cli
 from tiny_prima import TINY_SAM, build_tiny_parts
 
 from autolabel.errors import AutolabelError
-from autolabel.masks import encode_rle
+from autolabel.masks import mask_to_rle
 from autolabel.prima.build import build_from_parts
 from autolabel.prima.config import LoraSpec, SquareSpec
 from autolabel.prima.data import convert_coco, load_records
@@ -116,7 +116,7 @@ def test_bad_training_lines_are_named_or_skipped_and_counted(tmp_path):
     good = [json.loads(x) for x in task.read_text().splitlines()]
     missing_image = {**good[0], "images": ["train/nope.png", good[0]["images"][1]]}
     wrong_size = json.loads(json.dumps(good[0]))
-    wrong_size["conversation"][0]["targets"][0]["mask"] = encode_rle(np.zeros((5, 7), bool))
+    wrong_size["conversation"][0]["targets"][0]["mask"] = mask_to_rle(np.zeros((5, 7), bool))
     wrong_count = json.loads(json.dumps(good[0]))
     wrong_count["conversation"][0]["answer"] += " And [SEG]."
     bad = write_lines(tmp_path / "bad.jsonl", [good[1], missing_image, wrong_size, wrong_count, good[2]])

@@ -44,12 +44,12 @@ class Record:
 
     def example(self, *, max_pixels: int | None = None):
         """Decode the images and masks: a PrimaModel `Example` for training."""
-        from autolabel.masks import decode_rle
+        from autolabel.masks import rle_to_mask
         from autolabel.prima.model import Example, Target, Turn
 
         images = [self._image(file, max_pixels) for file in self.data["images"]]
         turns = [Turn(question=t["question"], answer=t["answer"],
-                      targets=[Target(None, None) if x.get("absent") else Target(x["image"], decode_rle(x["mask"]))
+                      targets=[Target(None, None) if x.get("absent") else Target(x["image"], rle_to_mask(x["mask"]))
                                for x in t.get("targets", [])],
                       refs=[(r["image"], r["box"]) for r in t.get("refs", [])])
                  for t in self.data["conversation"]]
@@ -224,9 +224,8 @@ def convert_coco(coco: Path, questions: Path, images_root: Path, out: Path) -> i
 def _training_line(q: dict, lineno: int, by_file: dict, instances: dict, relative_root: Path, where: str,
                    coco: Path) -> str:
     """One questions line as a training line (JSON text with its newline)."""
-    from pycocotools import mask as mask_utils
 
-    from autolabel.masks import decode_rle, encode_rle
+    from autolabel.masks import mask_to_rle, polygons_to_rle, rle_to_mask
 
     if not isinstance(q, dict):
         raise TypeError("a questions line must be a JSON object")
@@ -243,10 +242,9 @@ def _training_line(q: dict, lineno: int, by_file: dict, instances: dict, relativ
                 if isinstance(seg, dict):  # RLE, compressed or not
                     rle = seg
                 else:  # polygons: one mask, their union
-                    rle = _as_string_rle(mask_utils.merge(mask_utils.frPyObjects(seg, image["height"],
-                                                                                  image["width"])))
+                    rle = polygons_to_rle(seg, image["height"], image["width"])
                 answer.append(f"In Image {k + 1}, the {name} [SEG].")
-                targets.append({"image": k, "label": name, "mask": encode_rle(decode_rle(rle))})
+                targets.append({"image": k, "label": name, "mask": mask_to_rle(rle_to_mask(rle))})
                 found = True
         if not found:
             answer.append(f"There is no {name} [REJ].")
@@ -276,6 +274,3 @@ def _read_json(path: Path, what: str):
 def _what_is_wrong(e: Exception) -> str:
     return f"missing field {e}" if isinstance(e, KeyError) else str(e)
 
-
-def _as_string_rle(rle: dict) -> dict:
-    return {"size": rle["size"], "counts": rle["counts"].decode("ascii")}

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from autolabel.masks import rle_area, rle_bbox
+from autolabel.masks import rle_to_area, rle_to_xywh
 from autolabel.prima.data import Record, record_image_size
 
 
@@ -47,7 +47,7 @@ def write_ground_truth(records: list[Record], path: Path) -> Path:
                 rle = target["mask"]
                 annotations.append({"id": len(annotations) + 1, "image_id": images[file]["id"],
                                     "category_id": ids[target.get("label") or categories[0]], "iscrowd": 0,
-                                    "segmentation": rle, "area": rle_area(rle), "bbox": rle_bbox(rle)})
+                                    "segmentation": rle, "area": rle_to_area(rle), "bbox": rle_to_xywh(rle)})
         for file in files:  # images with no target stay listed: a mask there is a false positive
             if file not in images:
                 height, width = record_image_size(record, file)
