@@ -55,3 +55,16 @@ def template(tmp_path: Path) -> str:
     path = tmp_path / "pets.yaml"
     path.write_text(PETS_TEMPLATE)
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One private local Ray cluster for every test that needs it (a second `ray.init` in the same
+    process after a shutdown can time out starting its GCS); its workers import tests/."""
+    import ray
+
+    tests = Path(__file__).resolve().parent
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": str(tests), "OMP_NUM_THREADS": "1"}})
+    yield
+    ray.shutdown()

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import ray
 from helpers import make_groups
 from tiny_sam import tiny_mask_model
 from tiny_vlm import tiny_vlm
@@ -23,13 +22,7 @@ from autolabel.store import prediction_files, read_predictions
 TESTS = Path(__file__).resolve().parent
 
 
-@pytest.fixture(scope="module", autouse=True)
-def ray_cluster():
-    """A private local cluster; its workers import the test doubles from tests/."""
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": str(TESTS), "OMP_NUM_THREADS": "1"}})
-    yield
-    ray.shutdown()
+pytestmark = pytest.mark.usefixtures("ray_cluster")  # one private local cluster for the session (conftest)
 
 
 def comparable(run_dir: Path) -> dict[str, dict]:

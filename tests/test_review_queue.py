@@ -346,21 +346,16 @@ def test_a_flat_dataset_in_shards_with_two_templates(fo_db, tmp_path, dataset_na
     assert len(coco["images"]) == 5 and {g["template"] for g in coco["groups"]} == {"pets2"}
 
 
-def test_a_grouped_dataset_through_the_ray_engine_gives_the_local_engines_lines(fo_db, tmp_path, dataset_name):
-    import ray
-
+def test_a_grouped_dataset_through_the_ray_engine_gives_the_local_engines_lines(fo_db, tmp_path, dataset_name,
+                                                                                 ray_cluster):
     from autolabel.ray_engine import RayEngine
 
     user_dataset(fo_db, dataset_name, tmp_path / "photos")
     cfg = RunConfig(from_fiftyone=dataset_name, out=tmp_path / "local", prompt=templates(tmp_path)[:1],
                     backend="doubles:BoxBackend", quiet=True, batch_size=2)
     assert Engine(cfg.model_copy(update={"limit": 2})).run().done == 2
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": str(TESTS), "OMP_NUM_THREADS": "1"}})
-    try:  # resume across engines: Ray labels the 3 groups the local engine left
-        summary = RayEngine(cfg.model_copy(update={"engine": "ray"})).run()
-    finally:
-        ray.shutdown()
+    # resume across engines: Ray labels the 3 groups the local engine left
+    summary = RayEngine(cfg.model_copy(update={"engine": "ray"})).run()
     assert summary.exit_code == 0 and summary.already_done == 2 and summary.done == 3
     lines = {line.group_id: line for line in read_predictions([tmp_path / "local"])}
     ds = fo_db.load_dataset(dataset_name)
