@@ -163,16 +163,17 @@ def _read_png(path: Path) -> np.ndarray:
 
 def _write_png(path: Path, canvas: np.ndarray, instances: int) -> None:
     """8-bit while the values fit, 16-bit beyond; written whole (temp file + rename)."""
-    _write_encoded(path, canvas.astype(np.uint8 if instances < 256 else np.uint16))
+    write_png(path, canvas.astype(np.uint8 if instances < 256 else np.uint16))
 
 
 def _write_color_png(path: Path, canvas: np.ndarray, instances: int) -> None:
     """The index canvas in colour (RGB), for eyes: background black, instance k in colour k."""
     rgb = index_lut(instances)[canvas]
-    _write_encoded(path, np.ascontiguousarray(rgb[..., ::-1]))  # OpenCV writes BGR
+    write_png(path, np.ascontiguousarray(rgb[..., ::-1]))  # OpenCV writes BGR
 
 
-def _write_encoded(path: Path, pixels: np.ndarray) -> None:
+def write_png(path: Path, pixels: np.ndarray) -> None:
+    """`pixels` (BGR, gray or 16-bit) as a PNG, written whole: a temp file, then a rename."""
     ok, data = cv2.imencode(".png", pixels)
     if not ok:
         raise AutolabelError(f"{path}: PNG encoding failed")

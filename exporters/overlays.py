@@ -27,6 +27,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from autolabel.errors import AutolabelError, InputError
 from autolabel.exporters.coco import JsonItems, atomic_output, dumps
+from autolabel.exporters.masks import write_png
 from autolabel.exporters.palette import instance_colors
 from autolabel.images import decode_image
 from autolabel.masks import rle_to_area, rle_to_mask
@@ -367,12 +368,4 @@ def _file_name(pred: Prediction, taken: set[str]) -> str:
 
 
 def _write_png(path: Path, rgb: np.ndarray) -> None:
-    import cv2
-
-    ok, data = cv2.imencode(".png", np.ascontiguousarray(rgb[..., ::-1]))
-    if not ok:
-        raise AutolabelError(f"{path}: PNG encoding failed")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data.tobytes())
-    tmp.replace(path)
+    write_png(path, np.ascontiguousarray(rgb[..., ::-1]))  # OpenCV writes BGR
