@@ -26,14 +26,19 @@ def parse_fail_under(items: list[str], iou_threshold: float = 0.5) -> dict[str, 
         if name is None:
             raise AutolabelError(f"--fail-under {key}={text}: unknown metric {key!r}; "
                                  f"valid: {', '.join(metric_names(iou_threshold))}")
-        try:
-            value = float(text)
-        except ValueError:
-            raise AutolabelError(f"--fail-under {key}={text}: the value must be a number in 0-1") from None
-        if not 0.0 <= value <= 1.0:
-            raise AutolabelError(f"--fail-under {key}={text}: metrics are in 0-1, not percent")
-        thresholds[name] = value
+        thresholds[name] = gate_value(f"{key}={text}", text)
     return thresholds
+
+
+def gate_value(item: str, text: str) -> float:
+    """The VALUE of a `--fail-under` item (`item` as the user wrote it, for the message): a number in 0-1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise AutolabelError(f"--fail-under {item}: the value must be a number in 0-1") from None
+    if not 0.0 <= value <= 1.0:
+        raise AutolabelError(f"--fail-under {item}: metrics are in 0-1, not percent")
+    return value
 
 
 def failures(result: EvalResult, thresholds: dict[str, float]) -> list[str]:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from autolabel.config import key_values
 from autolabel.errors import AutolabelError
+from autolabel.evaluation.thresholds import gate_value
 from autolabel.evaluation.video_metrics import VIDEO_METRICS, VideoEvalResult, evaluate_video
 
 
@@ -26,13 +27,7 @@ def split_fail_under(items: list[str]) -> tuple[dict[str, float], list[str]]:
         if key.lower() not in names:
             rest.append(item)
             continue
-        try:
-            value = float(text)
-        except ValueError:
-            raise AutolabelError(f"--fail-under {item}: the value must be a number in 0-1") from None
-        if not 0.0 <= value <= 1.0:
-            raise AutolabelError(f"--fail-under {item}: metrics are in 0-1, not percent")
-        video[names[key.lower()]] = value
+        video[names[key.lower()]] = gate_value(item, text)
     return video, rest
 
 
