@@ -12,17 +12,16 @@ this machine's, so only `--dtype` is checked.
 
 from __future__ import annotations
 
-import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from autolabel.backends import available_backends
+from autolabel.backends.mask_heads import pth_checkpoint
 from autolabel.config import RunConfig
 from autolabel.errors import AutolabelError
 from autolabel.loading import DTYPES, HUB_ID, cached_snapshot, hf_offline
 
-_PTH = re.compile(r"^(?:\w+:)?(?P<file>.+\.pth)$")  # as mask_heads reads a segment-anything checkpoint
 PROBE_TIMEOUT_S = 10.0
 
 
@@ -54,7 +53,7 @@ def check_run(config: RunConfig) -> list[str]:
 
 def _where(model: str) -> str:
     """Where a model that will load comes from: a local path, the HF cache, or a download."""
-    path = Path((_PTH.match(model) or {"file": model})["file"]).expanduser()
+    path = Path(_weights_file(model)).expanduser()
     if path.exists():
         return f"local {path.resolve()}"
     cached = cached_snapshot(model)
@@ -118,11 +117,16 @@ def _missing_models(needed: list[NeededModel]) -> str | None:
         (fetch + ", or pass local " if fetch else "pass existing ") + "directories/files with --model / --mask-model"
 
 
+def _weights_file(model: str) -> str:
+    """The path in `model`: the file of a `[variant:]file.pth` checkpoint, else `model` itself."""
+    pth = pth_checkpoint(model)
+    return pth[1] if pth else model
+
+
 def _why_missing(model: str) -> str | None:
     """None when `model` will load here; else why not, in a few words."""
-    pth = _PTH.match(model)
-    if pth:
-        path = Path(pth["file"]).expanduser()
+    if pth_checkpoint(model):
+        path = Path(_weights_file(model)).expanduser()
         return None if path.is_file() else f"no such file {path.resolve()}"
     path = Path(model).expanduser()
     if path.is_dir():

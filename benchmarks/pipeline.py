@@ -64,7 +64,7 @@ def encoder_reuse(head, data: Path, templates: int = 4) -> None:
     """The mask head alone: `templates` passes of one box per image, cached vs re-encoded."""
     import numpy as np
 
-    from autolabel.backends.mask_heads import PromptSet
+    from autolabel.backends.mask_heads.base import PromptSet
     from autolabel.images import decode_image
 
     images = [decode_image(p, p.name) for p in sorted(data.glob("*/*.png"))]

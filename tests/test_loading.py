@@ -14,7 +14,8 @@ import pytest
 import torch
 from tiny_sam import tiny_mask_model
 
-from autolabel.backends.mask_heads import PromptSet, load_mask_head
+from autolabel.backends.mask_heads import load_mask_head
+from autolabel.backends.mask_heads.base import PromptSet
 from autolabel.errors import AutolabelError, ModelNotAvailable
 from autolabel.loading import load_weights_only, pick_device, pick_dtype, resolve_pretrained
 

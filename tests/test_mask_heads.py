@@ -10,7 +10,8 @@ import pytest
 import torch
 from tiny_sam import build_tiny_segment_anything, save_tiny_segment_anything, tiny_mask_model
 
-from autolabel.backends.mask_heads import PromptSet, load_mask_head
+from autolabel.backends.mask_heads import load_mask_head
+from autolabel.backends.mask_heads.base import BoxPromptedHead, PromptSet, TextPromptedHead
 from autolabel.errors import AutolabelError, ModelNotAvailable
 
 BOX_HEADS = ["sam", "sam2", "pth"]
@@ -157,11 +158,6 @@ def test_malformed_prompts_are_refused_with_the_image_key(head):
         head.predict([PromptSet("bad", img, boxes=boxes([1, 1, 5, 5], [2, 2, 6, 6]), points=np.zeros((1, 1, 2)))])
 
 
-def test_box_heads_do_not_take_text(head):
-    with pytest.raises(NotImplementedError, match="not text"):
-        head.segment_text("k", image(8, 8), ["cat"])
-
-
 def test_half_precision_runs(model):
     """bf16 is the CUDA default; its dtype plumbing is checked here on CPU."""
     half = load_mask_head(model, device="cpu", dtype=torch.bfloat16)
@@ -232,10 +228,9 @@ def test_sam3_encodes_once_and_phrases_batch_like_single_calls(sam3):
     same(together, apart)
 
 
-def test_sam3_refuses_box_prompts_clearly(sam3):
-    img = image(20, 30)
-    with pytest.raises(NotImplementedError, match="prompted by text.*SAM or SAM 2"):
-        sam3.predict([PromptSet("x", img, boxes=boxes([1, 1, 5, 5]))])
-    before = sam3.encoder_calls
-    (empty,) = sam3.predict([PromptSet("x", img)])
-    assert empty.masks.shape == (0, 20, 30) and sam3.encoder_calls == before
+def test_box_heads_and_the_text_head_are_different_kinds(head, sam3):
+    """The backend chooses the path by type: a box head has no phrase call, SAM 3 no box call."""
+    assert isinstance(head, BoxPromptedHead) and not isinstance(head, TextPromptedHead)
+    assert not hasattr(head, "segment_text")
+    assert isinstance(sam3, TextPromptedHead) and not isinstance(sam3, BoxPromptedHead)
+    assert not hasattr(sam3, "predict")

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from autolabel.backends import mask_heads
+from autolabel.backends.mask_heads.base import MaskResult
 from autolabel.backends.answer_schema import target_spans
 from autolabel.backends.base import BackendOptions, Request
 from autolabel.backends.chat import PastTurn, draw_images, mask_box
@@ -47,7 +48,7 @@ class BoxMaskHead:
             masks = np.zeros((len(ps.boxes), h, w), bool)
             for k, (x0, y0, x1, y1) in enumerate(ps.boxes):
                 masks[k, int(y0):int(np.ceil(y1)), int(x0):int(np.ceil(x1))] = True
-            results.append(mask_heads.MaskResult(masks=masks, scores=np.full(len(ps.boxes), 0.8)))
+            results.append(MaskResult(masks=masks, scores=np.full(len(ps.boxes), 0.8)))
         return results
 
 

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
-from autolabel.backends.mask_heads import MaskHead, MaskResult, PromptSet
+from autolabel.backends.mask_heads.base import MaskHead, MaskResult, PromptSet
 
 MAX_SETS_PER_CALL = 256  # prompt sets (images) per head call when many requests are waiting
 

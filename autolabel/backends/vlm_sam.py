@@ -203,9 +203,10 @@ class VlmSamBackend(Backend):
             from autolabel.backends.tracking import segment_with_clips  # a clip's targets are tracked
 
             return segment_with_clips(self, states, answers, t, _exemplar_box)
-        if getattr(self.mask_head, "text_prompted", False):
+        from autolabel.backends.mask_heads.base import PromptSet, TextPromptedHead
+
+        if isinstance(self.mask_head, TextPromptedHead):
             return [self._segment_by_phrase(s, a, t) for s, a in zip(states, answers)]
-        from autolabel.backends.mask_heads import PromptSet
 
         sets, owners = [], []  # owners[j]: (state index, the targets of prompt set j)
         for si, (s, answer) in enumerate(zip(states, answers)):

@@ -5,8 +5,9 @@ the VLM says which labels occur on which image and SAM 3 segments all of them. V
 are computed once per image (cached like every head's embeddings) and all phrases asked about an
 image run in one decoder batch against them.
 
-Box prompts are not offered: in `Sam3Model` a box is an exemplar of a concept (it returns every
-similar object), not "the object in this box", so a box -> one mask head must be SAM or SAM 2.
+It takes no box prompts (it is not a `BoxPromptedHead`): in `Sam3Model` a box is an exemplar of
+a concept (it returns every similar object), not "the object in this box", so a box -> one mask
+head must be SAM or SAM 2.
 """
 
 from __future__ import annotations
@@ -16,12 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from autolabel.backends.mask_heads import MaskHead, MaskResult, Prompts, PromptSet, image_slice, map_tensors
+from autolabel.backends.mask_heads.base import MaskResult, TextPromptedHead, image_slice, map_tensors
 
 
-class Sam3TextHead(MaskHead):
-    text_prompted = True
-
+class Sam3TextHead(TextPromptedHead):
     def __init__(self, model_id: str, path: str, model_type: str, *, device: str, dtype, cache_size: int,
                  threshold: float = 0.5, mask_threshold: float = 0.5):
         super().__init__(model_id, path, cache_size)
@@ -31,12 +30,6 @@ class Sam3TextHead(MaskHead):
         self.threshold, self.mask_threshold = threshold, mask_threshold  # instance score / mask pixel cut-offs
         self.model = Sam3Model.from_pretrained(path, dtype=dtype).to(device).eval()
         self.processor = Sam3Processor.from_pretrained(path)
-
-    def predict(self, prompt_sets: list[PromptSet]) -> list[MaskResult]:
-        if any(ps.count for ps in prompt_sets):
-            raise NotImplementedError(f"mask model {self.model_id}: SAM 3 is prompted by text here (segment_text); "
-                                      "for box or point prompts use a SAM or SAM 2 mask model")
-        return super().predict(prompt_sets)
 
     def segment_text(self, image_key: Hashable, image: np.ndarray, phrases: list[str]) -> list[MaskResult]:
         """One MaskResult per phrase: every instance found, masks at the image's size."""
@@ -61,6 +54,3 @@ class Sam3TextHead(MaskHead):
         pixels = self.processor(images=images, return_tensors="pt")["pixel_values"].to(self.device, self.dtype)
         features = self.model.get_vision_features(pixel_values=pixels)
         return [image_slice(features, i) for i in range(len(images))]
-
-    def _decode(self, embedding: Any, prompts: Prompts) -> tuple[np.ndarray, np.ndarray]:
-        raise AssertionError("unreachable: predict refuses prompts before decoding")

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from autolabel.backends.mask_heads import EncodedImage, MaskHead, Prompts, image_slice
+from autolabel.backends.mask_heads.base import BoxPromptedHead, EncodedImage, Prompts, image_slice
 
 # model type -> (model class, processor class); named explicitly so no remote code is ever run
 CLASSES = {"sam": ("SamModel", "SamProcessor"), "sam2": ("Sam2Model", "Sam2Processor"),
            "sam2_video": ("Sam2Model", "Sam2Processor")}  # a SAM 2 video checkpoint holds the image model
 
 
-class TransformersSam(MaskHead):
+class TransformersSam(BoxPromptedHead):
     def __init__(self, model_id: str, path: str, model_type: str, *, device: str, dtype, cache_size: int):
         super().__init__(model_id, path, cache_size)
         import transformers

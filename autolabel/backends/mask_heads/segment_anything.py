@@ -16,13 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
-from autolabel.backends.mask_heads import EncodedImage, MaskHead, Prompts
+from autolabel.backends.mask_heads.base import BoxPromptedHead, EncodedImage, Prompts
 from autolabel.errors import AutolabelError, ModelNotAvailable
 
 _VARIANT_IN_NAME = re.compile(r"vit_[bhl]")
 
 
-class SegmentAnythingSam(MaskHead):
+class SegmentAnythingSam(BoxPromptedHead):
     def __init__(self, model_id: str, file: str, variant: str | None, *, device: str, dtype, cache_size: int):
         path = Path(file).expanduser()
         super().__init__(model_id, str(path), cache_size)

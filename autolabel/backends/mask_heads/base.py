@@ -1,37 +1,27 @@
-"""SAM-family mask heads behind one interface: boxes/points on an image -> full-size masks.
+"""What every mask head shares: the prompt and result types, and encode-once image embeddings.
 
-Each image is encoded once and its embedding kept in an LRU cache keyed by the caller's
-`image_key` (the vlm-sam backend uses (group id, file)), so every box of the image and every
+Two kinds of head, each its own small interface, chosen by type (`isinstance`) by the backend:
+- `BoxPromptedHead` (SAM, SAM 2): boxes and/or points on an image -> one mask per prompt;
+- `TextPromptedHead` (SAM 3): a phrase -> every instance of that concept on the image.
+
+Both encode each image once and keep its embedding in an LRU cache keyed by the caller's
+`image_key` (the vlm-sam backend uses (group id, file)), so every prompt on the image and every
 later template over the same group reuse it. The encoder is the expensive part, so all uncached
 images of a call are encoded together; decoding is cheap and runs per image on the cached
 embedding, which is also how ragged prompt counts per image are handled.
 
-`load_mask_head` picks the implementation from one plain table, `MASK_HEADS` (model type ->
-"module:Class"; the implementations import this module, never the other way round):
-- `*.pth` (optionally `vit_b:/path.pth`): an original segment-anything checkpoint
-  (`sam_segment_anything.py`, listed as `PTH_HEAD`);
-- a hub id or directory whose config.json says `sam` or `sam2`: transformers `SamModel` /
-  `Sam2Model` (`sam_transformers.py`);
-- `sam3` / `sam3_video`: transformers `Sam3Model`, prompted by phrase (`sam_text.py`).
-
-This module imports no torch at import time, so the CLI stays fast.
+No torch at import time, so the CLI stays fast.
 """
 
 from __future__ import annotations
 
-import importlib
-import json
-import re
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from autolabel.errors import AutolabelError, ModelNotAvailable
 
 
 @dataclass
@@ -101,10 +91,9 @@ class EncodedImage:
     input_size: tuple[int, int]        # (h, w) the model saw the image at, before any padding
 
 
-class MaskHead(ABC):
-    """Encode-once, decode-many. Subclasses implement `_encode` and `_decode`."""
+class CachedEncoder(ABC):
+    """Encode-once, decode-many: the image-embedding cache both kinds of head are built on."""
 
-    text_prompted = False   # True: the head segments by phrase (`segment_text`), not by box
     max_encode_batch = 8    # images per encoder call: bounds activation memory on large batches
 
     def __init__(self, model_id: str, source: str, cache_size: int = 64):
@@ -113,27 +102,6 @@ class MaskHead(ABC):
         self.encoder_calls = 0  # images actually encoded, for tests and benchmarks of reuse
         self._cache: OrderedDict[Hashable, Any] = OrderedDict()
         self._cache_size = cache_size
-
-    def predict(self, prompt_sets: list[PromptSet]) -> list[MaskResult]:
-        """Masks for every prompt set, in order; K=0 sets give empty (0, H, W) results."""
-        import torch
-
-        prompts = [Prompts.of(ps) for ps in prompt_sets]
-        with torch.inference_mode():
-            embeddings = self._embeddings({ps.image_key: ps.image for ps in prompt_sets if ps.count})
-            results = []
-            for ps, p in zip(prompt_sets, prompts):
-                if not ps.count:
-                    results.append(MaskResult(np.zeros((0, *p.size), bool), np.zeros(0, np.float32)))
-                    continue
-                masks, scores = self._decode(embeddings[ps.image_key], p)
-                results.append(MaskResult(np.asarray(masks, bool), np.clip(scores, 0.0, 1.0).astype(np.float32)))
-            return results
-
-    def segment_text(self, image_key: Hashable, image: np.ndarray, phrases: list[str]) -> list[MaskResult]:
-        """Every instance of each phrase; only text-prompted heads (SAM 3) implement it."""
-        raise NotImplementedError(f"mask model {self.model_id}: this head takes boxes and points, not text "
-                                  "(use a SAM 3 checkpoint for phrase prompts)")
 
     def _embeddings(self, images: dict[Hashable, np.ndarray]) -> dict[Hashable, Any]:
         """The embedding of each image: from the cache, else encoded (all missing ones together).
@@ -168,9 +136,40 @@ class MaskHead(ABC):
     def _encode(self, images: list[np.ndarray]) -> list[Any]:
         """One embedding per image, in one encoder call where the model allows it."""
 
+
+class BoxPromptedHead(CachedEncoder):
+    """Boxes and/or points on an image -> one mask per prompt. Subclasses implement `_encode`, `_decode`."""
+
+    def predict(self, prompt_sets: list[PromptSet]) -> list[MaskResult]:
+        """Masks for every prompt set, in order; K=0 sets give empty (0, H, W) results."""
+        import torch
+
+        prompts = [Prompts.of(ps) for ps in prompt_sets]
+        with torch.inference_mode():
+            embeddings = self._embeddings({ps.image_key: ps.image for ps in prompt_sets if ps.count})
+            results = []
+            for ps, p in zip(prompt_sets, prompts):
+                if not ps.count:
+                    results.append(MaskResult(np.zeros((0, *p.size), bool), np.zeros(0, np.float32)))
+                    continue
+                masks, scores = self._decode(embeddings[ps.image_key], p)
+                results.append(MaskResult(np.asarray(masks, bool), np.clip(scores, 0.0, 1.0).astype(np.float32)))
+            return results
+
     @abstractmethod
     def _decode(self, embedding: Any, prompts: Prompts) -> tuple[np.ndarray, np.ndarray]:
         """(K, H, W) masks and (K,) scores for one image's prompts."""
+
+
+class TextPromptedHead(CachedEncoder):
+    """A phrase -> every instance of its concept on the image. Subclasses implement `_encode`, `segment_text`."""
+
+    @abstractmethod
+    def segment_text(self, image_key: Hashable, image: np.ndarray, phrases: list[str]) -> list[MaskResult]:
+        """One MaskResult per phrase: every instance found, masks at the image's size."""
+
+
+MaskHead = BoxPromptedHead | TextPromptedHead
 
 
 def map_tensors(features: Any, fn) -> Any:
@@ -189,44 +188,3 @@ def map_tensors(features: Any, fn) -> Any:
 def image_slice(batch: Any, i: int) -> Any:
     """Image `i` of a batched encoder output, batch dimension kept."""
     return map_tensors(batch, lambda t: t[i:i + 1])
-
-
-# segment-anything `.pth` files, listed with the transformers heads (no config.json says this)
-PTH_HEAD = ".pth"
-# config.json `model_type` -> "module:Class" of the head for transformers checkpoints; PTH_HEAD for `.pth` files
-MASK_HEADS: dict[str, str] = {
-    "sam": "autolabel.backends.sam_transformers:TransformersSam",
-    "sam2": "autolabel.backends.sam_transformers:TransformersSam",
-    "sam2_video": "autolabel.backends.sam_transformers:TransformersSam",  # its image model (video: tracking.py)
-    "sam3": "autolabel.backends.sam_text:Sam3TextHead",
-    "sam3_video": "autolabel.backends.sam_text:Sam3TextHead",  # facebook/sam3 ships this config
-    PTH_HEAD: "autolabel.backends.sam_segment_anything:SegmentAnythingSam",
-}
-
-_PTH = re.compile(r"^(?:(?P<variant>\w+):)?(?P<file>.+\.pth)$")
-
-
-def load_mask_head(model: str, *, device: str, dtype, cache_size: int = 64,
-                   local_files_only: bool | None = None) -> MaskHead:
-    """The mask head for a hub id, a directory, or a segment-anything `.pth` file."""
-    pth = _PTH.match(model)
-    if pth:
-        return _head_class(PTH_HEAD)(model, pth["file"], pth["variant"], device=device, dtype=dtype,
-                                     cache_size=cache_size)
-    from autolabel.loading import resolve_pretrained
-
-    path = resolve_pretrained(model, local_files_only=local_files_only)
-    config = Path(path) / "config.json"
-    if not config.is_file():
-        raise ModelNotAvailable(f"mask model {model!r}: {path} has no config.json (not a transformers checkpoint)")
-    model_type = json.loads(config.read_text()).get("model_type", "")
-    if model_type == PTH_HEAD or model_type not in MASK_HEADS:
-        raise AutolabelError(f"--mask-model {model}: model type {model_type!r} is not a supported mask head; "
-                             f"supported: {', '.join(t for t in MASK_HEADS if t != PTH_HEAD)} via transformers, "
-                             "or a segment-anything .pth file")
-    return _head_class(model_type)(model, path, model_type, device=device, dtype=dtype, cache_size=cache_size)
-
-
-def _head_class(kind: str) -> type[MaskHead]:
-    module, _, name = MASK_HEADS[kind].partition(":")
-    return getattr(importlib.import_module(module), name)
