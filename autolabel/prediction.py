@@ -56,6 +56,11 @@ class Segment:
         return rle_to_mask(self.rle)
 
 
+def segment_category(segment: Segment) -> str:
+    """The category a mask is filed under; a backend that gives none falls back to its label."""
+    return segment.category or segment.label
+
+
 @dataclass
 class Rejection:
     """A target the model judged absent from the group (GSVA's [REJ]), with its reason."""

@@ -14,6 +14,7 @@ import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from autolabel.atomic_files import atomic_output
 from autolabel.errors import AutolabelError
 from autolabel.prediction import Prediction
 
@@ -207,9 +208,8 @@ class PredictionWriter:
         os.fsync(self._file.fileno())
 
     def write_info(self, info: dict) -> None:
-        tmp = self.info_path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(info, indent=2, ensure_ascii=False))
-        tmp.replace(self.info_path)
+        with atomic_output(self.info_path) as f:
+            f.write(json.dumps(info, indent=2, ensure_ascii=False))
 
     def close(self) -> None:
         self._file.close()

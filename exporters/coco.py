@@ -1,29 +1,27 @@
 """COCO JSON export: exact compressed RLE, ids from 1, one `groups` list with the reasoning.
 
-The id rules are shared by every exporter (`index_runs`), so a PNG legend and a COCO file of the
-same runs name the same categories and images. Two passes over the store keep memory flat: the
-first collects only per-image facts and the category order, the second streams annotations into a
-temp file that replaces `out` when complete (a crash leaves no half-written export).
+The ids come from `autolabel.run_index`, shared by every exporter, so a PNG legend and a COCO
+file of the same runs name the same categories and images. Two passes over the store keep memory
+flat: the first (`index_runs`) collects only per-image facts and the category order, the second
+streams annotations into a temp file that replaces `out` when complete (`atomic_output`: a crash
+leaves no half-written export).
 """
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO
 
 from autolabel import __version__
-from autolabel.errors import AutolabelError
+from autolabel.atomic_files import JsonItems, atomic_output, dumps
 from autolabel.masks import mask_to_polygons, polygons_to_area, rle_to_area, rle_to_xywh
-from autolabel.prediction import Prediction, Segment
-from autolabel.store import read_predictions, read_run_info
+from autolabel.prediction import Prediction
+from autolabel.run_index import RunIndex, index_runs
+from autolabel.store import read_predictions
 
 
 @dataclass
@@ -38,108 +36,6 @@ class ExportStats:
     skipped_low_score: int = 0
     skipped_empty: int = 0  # masks with no pixel: not a label, and COCOeval can never match them
     holes_filled: int = 0  # polygon mode only: masks whose holes polygons cannot express
-
-
-@dataclass
-class Category:
-    id: int
-    name: str
-    supercategory: str
-
-
-@dataclass
-class ImageRecord:
-    """The small facts an export keeps per image file across the whole dataset."""
-
-    file: str
-    width: int | None = None
-    height: int | None = None
-    id: int | None = None
-    predictions: int = 0  # how many predictions list this file (the PNG export finishes on the last)
-    video: str | None = None  # a frame of a video clip: the clip, its frame index and time (s)
-    frame: int | None = None
-    timestamp: float | None = None
-
-
-@dataclass
-class RunIndex:
-    """Category and image ids of a set of run directories: the first pass of every export."""
-
-    categories: list[Category]
-    images: dict[str, ImageRecord]
-
-    def category_id(self, segment: Segment) -> int:
-        return self._ids[segment_category(segment)]
-
-    def __post_init__(self) -> None:
-        self._ids = {c.name: c.id for c in self.categories}
-
-
-def segment_category(segment: Segment) -> str:
-    """The category a mask is filed under; a backend that gives none falls back to its label."""
-    return segment.category or segment.label
-
-
-def index_runs(run_dirs: list[Path]) -> RunIndex:
-    """Category ids (ontology order, unknown ones appended) and image ids, per the COCO contract.
-
-    Image ids come from the input COCO file where predictions carry one; the other files get
-    ids after the largest given one, in sorted path order, so reruns and shards agree.
-    """
-    supercategory: dict[str, str] = {}
-    for run_dir in run_dirs:
-        for template, spec in (read_run_info(Path(run_dir)).get("templates") or {}).items():
-            for name in spec.get("categories") or []:
-                supercategory.setdefault(name, template)
-    images: dict[str, ImageRecord] = {}
-    for pred in read_predictions(run_dirs):
-        for info in pred.images:
-            record = images.setdefault(info.file, ImageRecord(info.file))
-            _merge_image(record, info.width, info.height, info.id, f"prediction {pred.key}")
-            if getattr(info, "video", None) is not None:
-                record.video, record.frame, record.timestamp = info.video, info.frame, info.timestamp
-        for file in {info.file for info in pred.images}:
-            images[file].predictions += 1
-        for segment in pred.segments():
-            if not 0 <= segment.image < len(pred.images):
-                raise AutolabelError(f"prediction {pred.key}: segment image index {segment.image} "
-                                     f"out of range ({len(pred.images)} images)")
-            h, w = segment.rle["size"]
-            _merge_image(images[pred.images[segment.image].file], w, h, None,
-                         f"prediction {pred.key}, mask of {segment.label!r}")
-            supercategory.setdefault(segment_category(segment), "object")
-    categories = [Category(i, name, sup) for i, (name, sup) in enumerate(supercategory.items(), 1)]
-    assign_image_ids(images)
-    return RunIndex(categories, images)
-
-
-def _merge_image(record: ImageRecord, width: int | None, height: int | None, image_id: int | None,
-                 where: str) -> None:
-    for attr, value in (("width", width), ("height", height), ("id", image_id)):
-        if value is None:
-            continue
-        known = getattr(record, attr)
-        if known is None:
-            setattr(record, attr, int(value))
-        elif known != value:
-            raise AutolabelError(f"{where}: image {record.file!r} has {attr} {value}, "
-                                 f"another prediction says {known}")
-
-
-def assign_image_ids(images: dict[str, ImageRecord]) -> None:
-    """Keep given ids; number the rest after the largest one, in sorted path order."""
-    owner: dict[int, str] = {}
-    for record in images.values():
-        if record.id is not None:
-            if record.id in owner:
-                raise AutolabelError(f"image id {record.id} is given to both {owner[record.id]!r} "
-                                     f"and {record.file!r}")
-            owner[record.id] = record.file
-    next_id = max(owner, default=0) + 1
-    for file in sorted(images):
-        if images[file].id is None:
-            images[file].id = next_id
-            next_id += 1
 
 
 def export_coco(run_dirs: list[Path], out: Path, *, polygons: bool = False, min_score: float = 0.0,
@@ -225,37 +121,3 @@ def _group_entry(pred: Prediction, image_ids: list[int]) -> dict:
         "rejected": [{"label": r.label, "category": r.category, "phrase": r.phrase, "reason": r.reason,
                       "image_id": image_id(r.image)} for t in pred.turns for r in t.rejected],
     }
-
-
-@contextmanager
-def atomic_output(path: Path) -> Iterator[IO[str]]:
-    """A text file that appears at `path` only once fully written (temp file + rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-class JsonItems:
-    """Writes the elements of a JSON array or object one at a time, commas in between."""
-
-    def __init__(self, f: IO[str]):
-        self._f = f
-        self._separator = ""
-
-    def add(self, text: str) -> None:
-        self._f.write(self._separator + text)
-        self._separator = ","
-
-
-def dumps(obj: object) -> str:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
-
-

@@ -22,13 +22,14 @@ from pathlib import Path, PurePosixPath
 import cv2
 import numpy as np
 
+from autolabel.atomic_files import JsonItems, atomic_output, atomic_write_bytes, dumps
 from autolabel.errors import AutolabelError
 from autolabel.masks import rle_to_mask
-from autolabel.prediction import Prediction
+from autolabel.prediction import Prediction, segment_category
+from autolabel.run_index import ImageRecord, RunIndex, index_runs
 from autolabel.store import read_predictions
 
-from autolabel.exporters.coco import (ExportStats, ImageRecord, JsonItems, RunIndex, atomic_output, dumps,
-                                      index_runs, segment_category)
+from autolabel.exporters.coco import ExportStats
 from autolabel.exporters.palette import index_lut
 
 LEGEND = "legend.json"
@@ -177,7 +178,4 @@ def write_png(path: Path, pixels: np.ndarray) -> None:
     ok, data = cv2.imencode(".png", pixels)
     if not ok:
         raise AutolabelError(f"{path}: PNG encoding failed")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data.tobytes())
-    tmp.replace(path)
+    atomic_write_bytes(path, data.tobytes())

@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from autolabel.atomic_files import JsonItems, atomic_output, dumps
 from autolabel.errors import AutolabelError, InputError
-from autolabel.exporters.coco import JsonItems, atomic_output, dumps
 from autolabel.exporters.masks import write_png
 from autolabel.exporters.palette import instance_colors
 from autolabel.images import decode_image

@@ -27,9 +27,10 @@ from typing import Literal
 
 import yaml
 
+from autolabel.atomic_files import atomic_output
 from autolabel.errors import AutolabelError
-from autolabel.exporters.coco import index_runs
 from autolabel.masks import mask_to_polygons, rle_to_area
+from autolabel.run_index import index_runs
 from autolabel.store import image_roots, read_predictions
 
 ImagesMode = Literal["symlink", "copy", "none"]
@@ -156,7 +157,5 @@ def _write_data_yaml(out_dir: Path, names: list[str], run_dirs: list[Path]) -> N
     header = ("# YOLO segmentation labels exported by autolabel from "
               + ", ".join(str(r) for r in run_dirs) + "\n"
               "# train and val both list every image: split them (e.g. into images/train, images/val) to validate.\n")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / f".{DATA_YAML}.tmp"
-    tmp.write_text(header + yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
-    tmp.replace(out_dir / DATA_YAML)
+    with atomic_output(out_dir / DATA_YAML) as f:
+        f.write(header + yaml.safe_dump(data, sort_keys=False, allow_unicode=True))

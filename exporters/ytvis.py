@@ -15,8 +15,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from autolabel import __version__
-from autolabel.exporters.coco import JsonItems, atomic_output, dumps, index_runs
+from autolabel.atomic_files import JsonItems, atomic_output, dumps
 from autolabel.masks import rle_to_area, rle_to_xywh
+from autolabel.run_index import index_runs
 from autolabel.store import read_predictions
 
 

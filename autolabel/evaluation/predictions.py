@@ -22,8 +22,7 @@ from autolabel.evaluation.counted import CountedWarnings
 from autolabel.evaluation.ground_truth import GroundTruth, coco_categories, read_coco_json
 from autolabel.evaluation.image_matching import ImageMatcher
 from autolabel.evaluation.rle_checks import checked_rle
-from autolabel.exporters.coco import segment_category
-from autolabel.prediction import prediction_key
+from autolabel.prediction import prediction_key, segment_category
 from autolabel.store import read_predictions, read_run_info
 
 

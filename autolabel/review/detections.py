@@ -11,8 +11,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from autolabel.exporters.coco import segment_category
-from autolabel.prediction import Segment
+from autolabel.prediction import Segment, segment_category
 
 
 def segment_detection(fo, segment: Segment, turn: int):

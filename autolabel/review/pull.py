@@ -22,13 +22,14 @@ from pathlib import Path
 import numpy as np
 
 from autolabel.errors import AutolabelError
-from autolabel.exporters.coco import ExportStats, ImageRecord, assign_image_ids, export_coco
+from autolabel.exporters.coco import ExportStats, export_coco
 from autolabel.prediction import Prediction, Segment
 from autolabel.review.database import load_dataset
 from autolabel.review.detections import detection_mask
 from autolabel.review.layout import (DEFAULT_REVIEWED_FIELD, IDENTITY_FIELDS, IMAGE_FIELDS, INFO_KEY, RunFields,
                                      all_samples)
 from autolabel.review.lock import dataset_lock
+from autolabel.run_index import ImageRecord, assign_image_ids
 from autolabel.store import PredictionWriter
 
 CHANGES = ("untouched", "edited", "added", "deleted")
