@@ -19,6 +19,8 @@ from typer.core import TyperCommand, TyperGroup
 from autolabel import __version__
 from autolabel.backends import DEFAULT_API_KEY_ENV
 from autolabel.errors import AutolabelError
+from autolabel.review.app import DEFAULT_ORDER
+from autolabel.review.layout import DEFAULT_REVIEWED_FIELD
 
 app = typer.Typer(
     name="autolabel",
@@ -59,22 +61,35 @@ def _root(version: Annotated[Optional[bool], typer.Option("--version", callback=
 
 
 # -- run ------------------------------------------------------------------------------------
-class _RunCommand(TyperCommand):
-    """`run`, whose --help shows each option's default as RunConfig (config.py) sets it: the one
-    place run defaults live. Options default to None here so that a flag not given is told apart
-    from one given (the --config file fills those); config.py is read only when help is shown."""
+class _ConfigDefaultsCommand(TyperCommand):
+    """A command whose --help shows each option's default as its pydantic options model sets it: the
+    one place those defaults live. Options default to None here so that a flag not given is told
+    apart from one given; the model is read only when help is shown."""
+
+    @staticmethod
+    def defaults() -> dict:
+        """Option name -> default."""
+        raise NotImplementedError
 
     def format_help(self, ctx, formatter) -> None:
-        from autolabel.config import RunConfig
-
+        defaults = self.defaults()
         for param in self.params:
-            field = RunConfig.model_fields.get(param.name or "")
-            if field is None or "[default" in (param.help or ""):
+            default = defaults.get(param.name or "")
+            if "[default" in (param.help or ""):
                 continue
-            default = field.get_default(call_default_factory=True)
             if not isinstance(default, bool) and default not in (None, {}, []):
                 param.help = f"{param.help or ''}  \\[default: {_shown_default(default)}]"
         super().format_help(ctx, formatter)
+
+
+class _RunCommand(_ConfigDefaultsCommand):
+    """`run`: its defaults are RunConfig's (config.py); the --config file fills the flags not given."""
+
+    @staticmethod
+    def defaults() -> dict:
+        from autolabel.config import RunConfig
+
+        return {name: field.get_default(call_default_factory=True) for name, field in RunConfig.model_fields.items()}
 
 
 def _shown_default(value) -> str:
@@ -379,44 +394,49 @@ train_app = typer.Typer(help="Train a PRIMA model on your own data.", no_args_is
 app.add_typer(train_app, name="train")
 
 
-@train_app.command("prima")
+class _TrainPrimaCommand(_ConfigDefaultsCommand):
+    """`train prima`: its defaults are TrainOptions' (prima/config.py)."""
+
+    @staticmethod
+    def defaults() -> dict:
+        from autolabel.prima.config import train_flag_defaults
+
+        return train_flag_defaults()
+
+
+@train_app.command("prima", cls=_TrainPrimaCommand)
 def train_prima(
     data: Annotated[Path, typer.Option(help="Training JSONL (see README: PRIMA training data).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Checkpoint directory to write.")],
     val: Annotated[Optional[Path], typer.Option(help="Validation JSONL, scored each epoch.")] = None,
-    vision: Annotated[str, typer.Option(help="Vision tower: CLIP, SigLIP or DINOv2 hub id or dir.")]
-    = "openai/clip-vit-large-patch14",
-    llm: Annotated[str, typer.Option(help="Causal LM hub id or dir.")] = "Qwen/Qwen2.5-0.5B-Instruct",
-    sam: Annotated[str, typer.Option(help="segment-anything .pth (vit_b/l/h from its name, or vit_b:FILE).")]
-    = "sam_vit_b_01ec64.pth",
+    vision: Annotated[Optional[str], typer.Option(help="Vision tower: CLIP, SigLIP or DINOv2 hub id or dir.")] = None,
+    llm: Annotated[Optional[str], typer.Option(help="Causal LM hub id or dir.")] = None,
+    sam: Annotated[Optional[str], typer.Option(help="segment-anything .pth (vit_b/l/h from its name, "
+                                                    "or vit_b:FILE).")] = None,
     init: Annotated[Optional[str], typer.Option(help="Continue from a PRIMA checkpoint instead of parts.")] = None,
-    epochs: Annotated[int, typer.Option(help="Passes over the data.")] = 1,
-    batch_size: Annotated[int, typer.Option(help="Groups per forward pass.")] = 2,
-    grad_accum: Annotated[int, typer.Option(help="Batches per optimizer step.")] = 1,
-    lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 1e-4,
-    save_every: Annotated[int, typer.Option(help="Optimizer steps between checkpoints.")] = 500,
+    epochs: Annotated[Optional[int], typer.Option(help="Passes over the data.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Groups per forward pass.")] = None,
+    grad_accum: Annotated[Optional[int], typer.Option(help="Batches per optimizer step.")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="AdamW learning rate.")] = None,
+    save_every: Annotated[Optional[int], typer.Option(help="Optimizer steps between checkpoints.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT's latest checkpoint.")] = False,
     skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Leave bad lines out (counted) instead of "
                                                                "stopping.")] = False,
-    relational_queries: Annotated[int, typer.Option(help="SQuARE relational queries (0: the ablation "
-                                                         "without them).")] = 32,
-    image_queries: Annotated[int, typer.Option(help="Visual tokens per image.")] = 32,
-    lora_r: Annotated[int, typer.Option(help="LoRA rank.")] = 8,
+    relational_queries: Annotated[Optional[int], typer.Option(help="SQuARE relational queries (0: the ablation "
+                                                                   "without them).")] = None,
+    image_queries: Annotated[Optional[int], typer.Option(help="Visual tokens per image.")] = None,
+    lora_r: Annotated[Optional[int], typer.Option(help="LoRA rank.")] = None,
     device: Annotated[Optional[str], typer.Option(help="cuda, cuda:1, cpu.  \\[default: cuda if available]")] = None,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
 ) -> None:
     """Train PRIMA: SQuARE + LoRA LLM + SAM decoder; checkpoints, --resume, validation per epoch."""
-    from autolabel.prima.config import LoraSpec, SquareSpec
-    from autolabel.prima.train import TrainOptions, train
+    flags = dict(locals())  # every option under its own name, TrainOptions' field name (prima/config.py)
+    from autolabel.prima.config import train_options
+    from autolabel.prima.train import train
     from autolabel.prima_validation import validate
     from autolabel.progress import TrainProgress
 
-    square = SquareSpec(num_relational_queries=max(relational_queries, 1), num_image_queries=image_queries,
-                        use_relational_queries=relational_queries > 0)
-    options = TrainOptions(data=data, val=val, out=out, vision=vision, llm=llm, sam=sam, init=init, epochs=epochs,
-                           batch_size=batch_size, grad_accum=grad_accum, lr=lr, save_every=save_every, resume=resume,
-                           skip_bad=skip_bad, square=square, lora=LoraSpec(r=lora_r, alpha=2 * lora_r),
-                           device=device, seed=seed)
+    options = train_options(flags)
     err = _console(stderr=True)
     summary = train(options, TrainProgress(err), validate=validate)
     for line in summary.skipped:
@@ -492,9 +512,9 @@ def review(
     port: Annotated[int, typer.Option(help="Port of the App.")] = 5151,
     address: Annotated[str, typer.Option(help="Address to serve on (0.0.0.0 for other machines).")] = "127.0.0.1",
     field: Annotated[Optional[str], typer.Option(help="Pushed field to review.  \\[default: predictions]")] = None,
-    reviewed_field: Annotated[str, typer.Option(help="Editable copy reviewers work in.")] = "reviewed",
+    reviewed_field: Annotated[str, typer.Option(help="Editable copy reviewers work in.")] = DEFAULT_REVIEWED_FIELD,
     order: Annotated[str, typer.Option(help="Queue order: doubt (most doubtful first), score (least sure first), "
-                                            "random, file.")] = "doubt",
+                                            "random, file.")] = DEFAULT_ORDER,
     min_doubt: Annotated[Optional[float], typer.Option(help="Queue only groups at least this doubtful (0..1).")]
     = None,
     no_app: Annotated[bool, typer.Option("--no-app", help="Prepare the reviewed field, label schema and saved "
@@ -533,7 +553,7 @@ def review(
 @review_app.command("status")
 def review_status(
     dataset: Annotated[str, typer.Argument(help="A dataset under review.")],
-    reviewed_field: Annotated[str, typer.Option(help="The reviewed field to report on.")] = "reviewed",
+    reviewed_field: Annotated[str, typer.Option(help="The reviewed field to report on.")] = DEFAULT_REVIEWED_FIELD,
     json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON instead of a table.")] = False,
 ) -> None:
     """Per category: samples and labels pushed, reviewed, untouched, edited, added, deleted; mean score and doubt."""
@@ -568,7 +588,7 @@ def pull(
     dataset: Annotated[str, typer.Argument(help="A dataset made by `autolabel push` and reviewed.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="COCO JSON file to write.")],
     since: Annotated[Optional[str], typer.Option(help="Only groups changed since: ISO time, 90m/2h/1d, or last.")] = None,
-    reviewed_field: Annotated[str, typer.Option(help="The reviewed field to read.")] = "reviewed",
+    reviewed_field: Annotated[str, typer.Option(help="The reviewed field to read.")] = DEFAULT_REVIEWED_FIELD,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the change report as JSON.")] = None,
 ) -> None:
     """Write the reviewed masks as COCO at image resolution and report what reviewers changed.

@@ -10,7 +10,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from autolabel.backends import DEFAULT_API_KEY_ENV, DEFAULT_BACKEND, DEFAULT_CONCURRENCY
-from autolabel.errors import AutolabelError
+from autolabel.errors import AutolabelError, flag_error
 from autolabel.images import DEFAULT_MAX_PIXELS
 from autolabel.yaml_io import read_yaml_mapping
 
@@ -209,13 +209,7 @@ def load_run_config(config_file: Path | None, flags: dict[str, Any]) -> RunConfi
     try:
         config = RunConfig.model_validate(data)
     except ValidationError as e:
-        err = e.errors()[0]
-        message = err["msg"].removeprefix("Value error, ")
-        if not err["loc"]:  # a rule across options names its flags itself
-            raise AutolabelError(f"{where}: {message}") from None
-        field = ".".join(str(p) for p in err["loc"])
-        flag = "--" + field.split(".")[0].replace("_", "-")
-        raise AutolabelError(f"{where}: {flag}: {message}") from None
+        raise flag_error(e, where) from None
     from autolabel.store import check_output_dir
 
     check_output_dir(config.out, "--out")

@@ -5,6 +5,16 @@ class AutolabelError(Exception):
     """A usage or configuration problem (exit code 2). The message names the file or field."""
 
 
+def flag_error(error, where: str) -> AutolabelError:
+    """A pydantic ValidationError over a command's options as one line naming the flag:
+    `WHERE: --batch-size: message` (a rule across options names its flags itself: `WHERE: message`)."""
+    first = error.errors()[0]
+    message = first["msg"].removeprefix("Value error, ")
+    if not first["loc"]:
+        return AutolabelError(f"{where}: {message}")
+    return AutolabelError(f"{where}: --{str(first['loc'][0]).replace('_', '-')}: {message}")
+
+
 class ModelNotAvailable(AutolabelError):
     """A model id or path that cannot be loaded here (offline, or not downloaded)."""
 

@@ -3,6 +3,9 @@
 The vision tower and the LLM are described by their own transformers config dicts, so any
 CLIP / SigLIP / DINOv2 tower and any causal LM fit; SAM is described by its sizes (presets for the
 official vit_b / vit_l / vit_h), so a checkpoint never depends on a registry entry being present.
+
+TrainOptions is `autolabel train prima`'s options, and the one place their defaults live: the
+command's flags default to None (not given) and its --help reads the defaults here.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from autolabel.errors import AutolabelError
+from autolabel.errors import AutolabelError, flag_error
 
 CONFIG_FILE = "config.json"
 SEG, REJ, IMAGE, MEMORY, REFER = "[SEG]", "[REJ]", "<image>", "<mem>", "<ref>"
@@ -105,3 +108,68 @@ class PrimaConfig(BaseModel):
         except ValidationError as e:
             first = e.errors()[0]
             raise AutolabelError(f"{path}: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+
+
+class TrainOptions(BaseModel):
+    """Everything `autolabel train prima` needs; field names match the long flags (dashes ->
+    underscores), except the SQuARE and LoRA sizes, which the flags in NESTED_TRAIN_FLAGS set."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data: Path
+    out: Path
+    val: Path | None = None
+    init: str | None = None  # an existing PRIMA checkpoint to continue from, instead of parts
+    vision: str = "openai/clip-vit-large-patch14"
+    llm: str = "Qwen/Qwen2.5-0.5B-Instruct"
+    sam: str = "sam_vit_b_01ec64.pth"
+    sam_spec: SamSpec | None = None
+    square: SquareSpec = Field(default_factory=SquareSpec)
+    lora: LoraSpec = Field(default_factory=LoraSpec)
+    epochs: int = Field(1, ge=1)
+    batch_size: int = Field(2, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    lr: float = Field(1e-4, gt=0)
+    save_every: int = Field(500, ge=1)  # optimizer steps between checkpoints
+    resume: bool = False
+    skip_bad: bool = False
+    seed: int = 0
+    device: str | None = None
+    max_new_tokens: int = Field(128, ge=1)
+
+
+# the `train prima` flags that set a size inside `square` or `lora`: flag -> (option, spec, field)
+NESTED_TRAIN_FLAGS: dict[str, tuple[str, type[BaseModel], str]] = {
+    "relational_queries": ("square", SquareSpec, "num_relational_queries"),
+    "image_queries": ("square", SquareSpec, "num_image_queries"),
+    "lora_r": ("lora", LoraSpec, "r"),
+}
+
+
+def train_flag_defaults() -> dict[str, Any]:
+    """Each `train prima` flag's default as the models above set it (what --help shows)."""
+    defaults = {name: field.get_default(call_default_factory=True)
+                for name, field in TrainOptions.model_fields.items() if not field.is_required()}
+    for flag, (_, spec, name) in NESTED_TRAIN_FLAGS.items():
+        defaults[flag] = spec.model_fields[name].get_default(call_default_factory=True)
+    return defaults
+
+
+def train_options(flags: dict[str, Any]) -> TrainOptions:
+    """TrainOptions from `train prima`'s flags (None: not given, the default above holds).
+    --relational-queries 0 builds the ablation without them; LoRA's alpha is twice --lora-r."""
+    given = {k: v for k, v in flags.items() if v is not None}
+    nested: dict[str, dict[str, Any]] = {"square": {}, "lora": {}}
+    for flag, (option, _, name) in NESTED_TRAIN_FLAGS.items():
+        if flag in given:
+            nested[option][name] = given.pop(flag)
+    square, lora = nested["square"], nested["lora"]
+    if "num_relational_queries" in square:
+        square["use_relational_queries"] = square["num_relational_queries"] > 0
+        square["num_relational_queries"] = max(square["num_relational_queries"], 1)
+    if "r" in lora:
+        lora["alpha"] = 2 * lora["r"]
+    try:
+        return TrainOptions(**given, square=SquareSpec(**square), lora=LoraSpec(**lora))
+    except ValidationError as e:
+        raise flag_error(e, "options") from None

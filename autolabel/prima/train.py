@@ -22,11 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
 from autolabel.errors import AutolabelError
 from autolabel.prefetch import read_ahead
-from autolabel.prima.config import LoraSpec, SamSpec, SquareSpec
+from autolabel.prima.config import TrainOptions
 from autolabel.prima.data import Record, load_records
 from autolabel.prima.model import PrimaModel
 
@@ -34,31 +33,6 @@ CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.json"
 METRICS_FILE = "metrics.jsonl"
 LOADER_THREADS = 4  # batches decoded ahead of the one training (3 photos of 1024x768: ~26 ms a group here)
-
-
-class TrainOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    data: Path
-    out: Path
-    val: Path | None = None
-    init: str | None = None  # an existing PRIMA checkpoint to continue from, instead of parts
-    vision: str = "openai/clip-vit-large-patch14"
-    llm: str = "Qwen/Qwen2.5-0.5B-Instruct"
-    sam: str = "sam_vit_b_01ec64.pth"
-    sam_spec: SamSpec | None = None
-    square: SquareSpec = Field(default_factory=SquareSpec)
-    lora: LoraSpec = Field(default_factory=LoraSpec)
-    epochs: int = Field(1, ge=1)
-    batch_size: int = Field(2, ge=1)
-    grad_accum: int = Field(1, ge=1)
-    lr: float = Field(1e-4, gt=0)
-    save_every: int = Field(500, ge=1)  # optimizer steps between checkpoints
-    resume: bool = False
-    skip_bad: bool = False
-    seed: int = 0
-    device: str | None = None
-    max_new_tokens: int = Field(128, ge=1)
 
 
 @dataclass

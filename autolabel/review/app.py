@@ -21,6 +21,7 @@ from autolabel.review.layout import (DEFAULT_FIELD, DEFAULT_REVIEWED_FIELD, IDEN
                                      all_samples, check_field_name)
 
 ORDERS = ("doubt", "score", "random", "file")
+DEFAULT_ORDER = "doubt"  # most doubtful first
 RANDOM_SEED = 0  # `--order random` is the same shuffle for every reviewer
 
 
@@ -35,13 +36,13 @@ class ReviewSetup:
     doubt_computed: int = 0  # samples pushed before doubt existed, given one now
 
 
-def queue_name(reviewed: str, order: str = "doubt", min_doubt: float | None = None) -> str:
+def queue_name(reviewed: str, order: str = DEFAULT_ORDER, min_doubt: float | None = None) -> str:
     """`by-doubt`, `by-score-over-0.5`, ...; prefixed with the reviewed field unless it is `reviewed`."""
     name = f"by-{order}" + (f"-over-{min_doubt:g}" if min_doubt is not None else "")
     return name if reviewed == DEFAULT_REVIEWED_FIELD else f"{reviewed}-{name}"
 
 
-def prepare_review(dataset, source: str | None = None, reviewed: str | None = None, *, order: str = "doubt",
+def prepare_review(dataset, source: str | None = None, reviewed: str | None = None, *, order: str = DEFAULT_ORDER,
                    min_doubt: float | None = None) -> ReviewSetup:
     """Create or extend the reviewed field, make it editable in the App and save the review queue.
     Holds the dataset's lock: a push or another reviewer preparing at the same time waits."""
@@ -105,7 +106,7 @@ def _prepare(dataset, source: str | None, reviewed: str | None, order: str, min_
     return ReviewSetup(source, reviewed, len(ids), classes, name, len(chosen), computed)
 
 
-def queue(dataset, fields: RunFields, order: str = "doubt", min_doubt: float | None = None):
+def queue(dataset, fields: RunFields, order: str = DEFAULT_ORDER, min_doubt: float | None = None):
     """The pushed groups of `fields` in review order (a grouped dataset stays grouped: a reviewer sees
     all images of a question together), keeping only those at least `min_doubt` doubtful."""
     from fiftyone import ViewField as F
