@@ -16,8 +16,8 @@ class BoxBackend(Backend):
 
     A group whose id contains "boom" raises (failure isolation). Steered per run by backend
     options (`--backend-option`, BackendOptions.extra), which reach a subprocess or a Ray worker
-    too: `sleep` (seconds) slows each batch down (kill-and-resume tests); `hold_after` N answers
-    N groups, then waits in the next batch until the process is killed or interrupted.
+    too: `hold_after` N answers N groups, then waits in the next batch until the process is killed
+    or interrupted (kill-and-resume tests).
     """
 
     name = "test-box"
@@ -35,9 +35,6 @@ class BoxBackend(Backend):
         hold_after = self.options.extra.get("hold_after")
         while hold_after is not None and self.answered >= int(hold_after):
             time.sleep(0.05)  # until killed or interrupted: the test decides when the run stops
-        delay = float(self.options.extra.get("sleep", 0))
-        if delay:
-            time.sleep(delay)
         self.answered += len(requests)
         return [self._answer(r) for r in requests]
 
