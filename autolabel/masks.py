@@ -19,17 +19,17 @@ def mask_to_rle(mask: np.ndarray) -> dict:
 
 def rle_to_mask(rle: dict) -> np.ndarray:
     """A COCO RLE (compressed string or uncompressed list counts) as a HxW boolean mask."""
-    return mask_utils.decode(_compressed(rle)).astype(bool)
+    return mask_utils.decode(rle_to_compressed(rle)).astype(bool)
 
 
 def rle_to_area(rle: dict) -> int:
     """Mask pixel count, computed on the RLE without decoding it."""
-    return int(mask_utils.area(_compressed(rle)))
+    return int(mask_utils.area(rle_to_compressed(rle)))
 
 
 def rle_to_xywh(rle: dict) -> list[float]:
     """Tight `[x, y, w, h]` box of the mask (zeros for an empty mask)."""
-    return [float(v) for v in mask_utils.toBbox(_compressed(rle))]
+    return [float(v) for v in mask_utils.toBbox(rle_to_compressed(rle))]
 
 
 def polygons_to_rle(polygons: list[list[float]], height: int, width: int) -> dict:
@@ -71,7 +71,8 @@ def mask_to_polygons(mask: np.ndarray) -> tuple[list[list[float]], int]:
     return polygons, int(not outer.all())
 
 
-def _compressed(rle: dict) -> dict:
+def rle_to_compressed(rle: dict) -> dict:
+    """The RLE in the form pycocotools' functions take: compressed `counts` as bytes."""
     if isinstance(rle.get("counts"), str):
         return {"size": rle["size"], "counts": rle["counts"].encode("ascii")}
     if isinstance(rle.get("counts"), list):

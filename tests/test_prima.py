@@ -160,8 +160,10 @@ def test_convert_coco_errors_are_one_line_and_exit_2(tmp_path):
     not_json = tmp_path / "not-json.jsonl"
     not_json.write_text(json.dumps(good) + "\n{not json\n")
     no_targets = write_lines(tmp_path / "no-targets.jsonl", [good, {k: v for k, v in good.items() if k != "targets"}])
+    one_image = write_lines(tmp_path / "one-image.jsonl", [{**good, "images": files[0]}])
     out = tmp_path / "out.jsonl"
     cases = [((tmp_path / "nope.json", questions), "nope.json: no such COCO file"),
+             ((coco, one_image), "one-image.jsonl:1: `images` must be a list of strings"),
              ((coco, tmp_path / "nope.jsonl"), "nope.jsonl: no such questions file"),
              ((not_json, questions), "not-json.jsonl: the COCO file is not JSON"),
              ((coco, not_json), "not-json.jsonl:2: not a JSON line"),

@@ -9,10 +9,9 @@ it is loaded: its runs must be non-negative and cover exactly the image it belon
 from __future__ import annotations
 
 import numpy as np
-from pycocotools import mask as mask_utils
 
 from autolabel.errors import AutolabelError
-from autolabel.masks import polygons_to_rle
+from autolabel.masks import polygons_to_rle, rle_to_compressed
 
 _MAX_CHARS_PER_COUNT = 7  # 7 x 5 bits hold any uint32 run length
 
@@ -35,7 +34,7 @@ def checked_rle(segmentation: object, height: int, width: int, where: str) -> di
         if not all(isinstance(v, int) and v >= 0 for v in counts) or sum(counts) != height * width:
             raise AutolabelError(f"{where}: malformed RLE: uncompressed counts must be non-negative "
                                  f"integers summing to {height * width} (height x width)")
-        return mask_utils.frPyObjects({"size": [height, width], "counts": counts}, height, width)
+        return rle_to_compressed({"size": [height, width], "counts": counts})
     if isinstance(counts, str):
         counts = counts.encode("ascii", errors="replace")
     if not isinstance(counts, bytes):
@@ -55,7 +54,7 @@ def _from_polygons(polygons: list, height: int, width: int, where: str) -> dict:
         rle = polygons_to_rle(polygons, height, width)
     except ValueError as e:
         raise AutolabelError(f"{where}: {e}") from None
-    return {"size": rle["size"], "counts": rle["counts"].encode("ascii")}
+    return rle_to_compressed(rle)
 
 
 def _run_lengths(counts: bytes) -> np.ndarray | None:

@@ -229,6 +229,9 @@ def _training_line(q: dict, lineno: int, by_file: dict, instances: dict, relativ
 
     if not isinstance(q, dict):
         raise TypeError("a questions line must be a JSON object")
+    for field in ("images", "targets"):
+        if not (isinstance(q[field], list) and all(isinstance(v, str) for v in q[field])):
+            raise TypeError(f"`{field}` must be a list of strings, got {q[field]!r}")
     missing = [file for file in q["images"] if file not in by_file]
     if missing:
         raise AutolabelError(f"{where}: {missing[0]!r} is not an image of {coco}")
