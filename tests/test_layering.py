@@ -9,6 +9,7 @@ exporters, ...) is one node and each top-level module its own node.
 from __future__ import annotations
 
 import ast
+import re
 import warnings
 from collections import defaultdict
 from pathlib import Path
@@ -165,3 +166,20 @@ def test_prima_never_imports_the_backends():
     into_backends = [f"{a} -> {b}: {w}" for a, ts in edges.items() if node_of(a) == "autolabel.prima"
                      for b, where in ts.items() if node_of(b) == "autolabel.backends" for w in where]
     assert not into_backends, "\n".join(into_backends)
+
+
+def test_the_readme_where_things_live_matches_the_tree():
+    """Every path the README's "Where things live" names exists, and every top-level module and
+    subpackage of the installed package is named there (a new module needs its line)."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("\n## Where things live\n", 1)[1].split("\n## ", 1)[0]
+    named = set(re.findall(r"`((?:autolabel|exporters|prompts|tests|benchmarks|examples)/[\w./]*)`", section))
+    assert {"autolabel/store.py", "exporters/"} <= named, "the section was not found or not parsed"
+    missing = sorted(p for p in named if not (ROOT / p).exists())
+    assert not missing, f"README names paths that do not exist: {missing}"
+    folders = {p for p in named if p.endswith("/")}
+    parts = [f"{p.relative_to(ROOT)}" for p in (ROOT / "autolabel").glob("*.py") if p.name != "__init__.py"]
+    parts += [f"{p.parent.relative_to(ROOT)}/" for p in (ROOT / "autolabel").glob("*/__init__.py")]
+    parts += ["exporters/", "prompts/"]
+    unnamed = sorted(p for p in parts if p not in named and not any(p.startswith(f) for f in folders))
+    assert not unnamed, f"README's Where things live does not name: {unnamed}"
