@@ -86,7 +86,7 @@ def server_checks(url: str, model: str | None = None, api_key_env: str = DEFAULT
     options = BackendOptions(server=url, api_key_env=api_key_env, concurrency=1)
     served = served_models(options)
     checks = [Check("server", "ok", f"{redact_url(url)} serves {len(served)} model(s): " + ", ".join(
-        f"{m} ({root})" if root and root != m else m for m, root in served.items()))]
+        f"{m} ({s.root})" if s.root and s.root != m else m for m, s in served.items()))]
     for name in [model] if model else list(served):
         try:
             reasoner = ServerReasoner(BackendOptions(server=url, model=name, api_key_env=api_key_env, concurrency=1))
@@ -99,7 +99,9 @@ def server_checks(url: str, model: str | None = None, api_key_env: str = DEFAULT
         status: Status = "ok" if info["structured_output"] and info["logprobs"] else "warn"
         checks.append(Check(f"server model {name}", status,
                             f"structured output {yes[info['structured_output']]}, logprobs {yes[info['logprobs']]}, "
-                            f"coordinates {info['coordinates']}, image sizes {info['image_size_check']}"))
+                            f"coordinates {info['coordinates']}, image sizes {info['image_size_check']}, "
+                            + (f"context {info['context_length']} tokens" if info["context_length"]
+                               else "context length not reported")))
     return checks
 
 

@@ -52,10 +52,11 @@ def decode_data_url(url: str) -> np.ndarray:
 
 class GeometryServer:
     def __init__(self, model: str = "double", cap_pixels: int | None = None, unconstrained: str | None = None,
-                 max_images: int | None = None):
+                 max_images: int | None = None, context_length: int | None = None):
         """`unconstrained`: answer this text to every request, as a server that ignores
-        `response_format` might."""
+        `response_format` might; `context_length`: the `max_model_len` `GET /models` reports."""
         self.model, self.cap_pixels, self.unconstrained = model, cap_pixels, unconstrained
+        self.context_length = context_length
         self.max_images = max_images  # more images per prompt are refused with a 400, as vLLM does
         self.received_sizes: list[tuple[int, int]] = []  # (h, w) of every image of every completion
         self._server = _serve(_GeometryHandler, self)
@@ -126,7 +127,10 @@ class _GeometryHandler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         owner = self.server.owner
-        _reply(self, 200, {"object": "list", "data": [{"id": owner.model, "object": "model", "root": None}]})
+        card = {"id": owner.model, "object": "model", "root": None}
+        if owner.context_length is not None:
+            card["max_model_len"] = owner.context_length
+        _reply(self, 200, {"object": "list", "data": [card]})
 
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))

@@ -119,7 +119,7 @@ class TransformersReasoner(Reasoner):
             stopped = [k for k, t in enumerate(ids.tolist()) if t in self.stop_token_ids]
             n = stopped[0] if stopped else len(ids)  # padding after the stop token is not the answer
             text = processor.tokenizer.decode(ids[:n], skip_special_tokens=True)
-            results.append(Generated(text, self._token_ends(ids[:n]), lp[:n].tolist(), truncated=not stopped))
+            results.append(Generated(text, self._token_ends(ids[:n]), lp[:n].tolist(), cut_at=None if stopped else budget))
         return results
 
     def _token_ends(self, ids) -> list[int]:

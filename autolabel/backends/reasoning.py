@@ -51,7 +51,11 @@ class Generated:
     text: str
     token_ends: list[int] | None = None
     logprobs: list[float] | None = None
-    truncated: bool = False  # generation stopped at the token budget
+    cut_at: int | None = None  # the token budget generation stopped at; None: the answer ended by itself
+
+    @property
+    def truncated(self) -> bool:
+        return self.cut_at is not None
 
 
 class Reasoner(ABC):

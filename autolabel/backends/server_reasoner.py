@@ -12,6 +12,11 @@ to itself (sides multiples of patch x merge, pixels within the min/max), and the
 the prompt. At start a probe proves the server keeps such sizes: it sends the smallest and the
 largest size this run can send and compares the visual tokens the server counted with the
 tokens those sizes make.
+
+The answer's token budget is kept within the served model's context (`max_model_len`, which
+vLLM and SGLang report): vLLM refuses a `max_tokens` over it, SGLang one that does not fit beside
+the prompt. An upper bound of the prompt's tokens (its text in UTF-8 bytes, the images' visual
+tokens) is taken off; an answer cut there is kept and marked truncated, like any other.
 """
 
 from __future__ import annotations
@@ -39,6 +44,16 @@ QWEN25_IMAGE_RULE = {"factor": 28, "min_pixels": 56 * 56, "max_pixels": 28 * 28 
 PROBE_SCHEMA = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"],
                 "additionalProperties": False}
 RETRIED_STATUSES = {408, 409, 429} | set(range(500, 600))
+CHAT_TEMPLATE_TOKENS = 16  # per message and per image: role markers, vision start/end tokens
+MIN_ANSWER_TOKENS = 64     # below this the prompt bound is too coarse to cut by; the server decides
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """What `GET /models` says of a served model (vLLM and SGLang fill both; others may not)."""
+
+    root: str | None            # the path or hub id the server loaded
+    context_length: int | None  # `max_model_len`: prompt and answer tokens together
 
 
 @dataclass(frozen=True)
@@ -59,6 +74,11 @@ class ResizeRule:
     def tokens(self, height: int, width: int) -> int:
         """Visual tokens of an image at a fixed-point size (one per factor x factor cell)."""
         return (height // self.factor) * (width // self.factor)
+
+    def tokens_at_most(self, height: int, width: int) -> int:
+        """Visual tokens of an image of any size within max_pixels, rounded up (no resize needed)."""
+        f = self.factor
+        return max(math.ceil(height / f) * math.ceil(width / f), math.ceil(self.min_pixels / (f * f)))
 
     def probe_sizes(self) -> tuple[tuple[int, int], tuple[int, int]]:
         """The smallest and the largest fixed-point sizes this rule produces (nearly square)."""
@@ -90,11 +110,11 @@ class ServerReasoner(Reasoner):
             raise AutolabelError(f"--backend-option image_format={self.image_format}: use png or jpeg")
         self._pool = ThreadPoolExecutor(options.concurrency, thread_name_prefix="server")
 
-        served = self._served_models()
-        model_type, image_config, where = local_model_config(self.model, served.get(self.model))
+        served = self._served_models()[self.model]
+        self.context_length = served.context_length
+        model_type, image_config, where = local_model_config(self.model, served.root)
         self.model_type = model_type
-        self.frame = coordinate_frame(model_type or _guess_family(self.model, served.get(self.model)),
-                                      extra.get("coordinates"))
+        self.frame = coordinate_frame(model_type or _guess_family(self.model, served.root), extra.get("coordinates"))
         self.rule = _resize_rule(image_config, int(extra.get("max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS)))
         self.config_source = where
         self.structured_output, self.logprobs, self.size_check = self._probe()
@@ -106,7 +126,7 @@ class ServerReasoner(Reasoner):
                 "image_rule": {"factor": self.rule.factor, "min_pixels": self.rule.min_pixels,
                                "max_pixels": self.rule.max_pixels},
                 "image_size_check": self.size_check, "structured_output": self.structured_output,
-                "logprobs": self.logprobs,
+                "logprobs": self.logprobs, "context_length": self.context_length,
                 "confidence": "vlm_tokens x mask" if self.logprobs else "mask only (the server returns no logprobs)",
                 "concurrency": self.options.concurrency}
 
@@ -130,14 +150,19 @@ class ServerReasoner(Reasoner):
             out.append(ImageFrame(self.frame, (h, w), sent))
         return out
 
-    def image_url(self, image: np.ndarray, frame: ImageFrame) -> str:
-        """The image as a data URL, at its frame's size (relative frames: within max_pixels)."""
-        import cv2
-
+    def sent_size(self, frame: ImageFrame) -> tuple[int, int]:
+        """(h, w) an image goes out at: its frame's size (relative frames: within max_pixels)."""
         h, w = frame.model_input
         if frame.frame is CoordinateFrame.RELATIVE_1000 and h * w > self.rule.max_pixels:
             scale = math.sqrt(self.rule.max_pixels / (h * w))
             h, w = max(1, int(h * scale)), max(1, int(w * scale))
+        return h, w
+
+    def image_url(self, image: np.ndarray, frame: ImageFrame) -> str:
+        """The image as a data URL, at the size `sent_size` gives."""
+        import cv2
+
+        h, w = self.sent_size(frame)
         if (h, w) != image.shape[:2]:
             shrink = h * w < image.shape[0] * image.shape[1]
             image = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC)
@@ -157,14 +182,30 @@ class ServerReasoner(Reasoner):
     def _reason_one(self, step: ReasonStep) -> Generated | Exception:
         try:
             urls = [self.image_url(im, f) for im, f in zip(step.images, step.frames)]
-            reply = self._complete(openai_messages(step.chat, urls), step.schema,
-                                   token_budget(step, self.options.max_new_tokens), logprobs=self.logprobs)
+            budget = self.answer_budget(step)
+            reply = self._complete(openai_messages(step.chat, urls), step.schema, budget, logprobs=self.logprobs)
             choice = reply.choices[0]
             text = choice.message.content or ""
             ends, logprobs = token_offsets(text, choice.logprobs)
-            return Generated(text, ends, logprobs, truncated=choice.finish_reason == "length")
+            return Generated(text, ends, logprobs, cut_at=budget if choice.finish_reason == "length" else None)
         except Exception as e:  # noqa: BLE001 - this step fails alone; the message names the server's reason
             return RuntimeError(self._redact(f"server {redact_url(self.url)}: {_describe(e)}"))
+
+    def answer_budget(self, step: ReasonStep) -> int:
+        """`max_tokens` for a step: its token budget, within what the server's context leaves."""
+        budget = token_budget(step, self.options.max_new_tokens)
+        if self.context_length is None:
+            return budget
+        room = self.context_length - self.prompt_tokens_at_most(step)
+        return min(budget, room if room >= MIN_ANSWER_TOKENS else self.context_length)
+
+    def prompt_tokens_at_most(self, step: ReasonStep) -> int:
+        """An upper bound of the step's prompt tokens: no token of a byte-level vocabulary is
+        shorter than a byte, and the images' visual tokens are rounded up."""
+        text = sum(len(part["text"].encode()) for message in step.chat for part in message["content"]
+                   if part["type"] == "text")
+        visual = sum(self.rule.tokens_at_most(*self.sent_size(frame)) for frame in step.frames)
+        return text + visual + CHAT_TEMPLATE_TOKENS * (len(step.chat) + len(step.frames))
 
     def _complete(self, messages: list[dict], schema: dict | None, max_tokens: int, *, logprobs: bool):
         body: dict[str, Any] = dict(model=self.model, messages=messages, max_tokens=max_tokens,
@@ -177,7 +218,7 @@ class ServerReasoner(Reasoner):
         return self.client.chat.completions.create(**body)
 
     # -- start-up checks -------------------------------------------------------------------
-    def _served_models(self) -> dict[str, str | None]:
+    def _served_models(self) -> dict[str, ServedModel]:
         models = served_models(self.options, self.client)
         if self.model not in models:
             raise AutolabelError(f"--model {self.model!r} is not served by {redact_url(self.url)}; it serves: "
@@ -258,14 +299,15 @@ def make_client(options: BackendOptions, on_response=None):
                          max_retries=int(options.extra.get("retries", 5)))
 
 
-def served_models(options: BackendOptions, client=None) -> dict[str, str | None]:
-    """id -> root of every model the server serves; unreachable or a refused key is one line (exit 2)."""
+def served_models(options: BackendOptions, client=None) -> dict[str, ServedModel]:
+    """Every model the server serves, by id; unreachable or a refused key is one line (exit 2)."""
     import openai
 
     client = client or make_client(options)
     url, key = redact_url(options.server.rstrip("/")), api_key(options)
     try:
-        return {m.id: getattr(m, "root", None) for m in client.with_options(max_retries=1, timeout=15).models.list()}
+        return {m.id: ServedModel(getattr(m, "root", None), getattr(m, "max_model_len", None))
+                for m in client.with_options(max_retries=1, timeout=15).models.list()}
     except openai.AuthenticationError:
         env = options.api_key_env
         raise AutolabelError(f"--server {url} refused the API key "

@@ -28,7 +28,7 @@ from autolabel.backends.answer_schema import (AnswerLimits, InvalidAnswer, Parse
                                               parse_answer, parse_truncated, span_confidences)
 from autolabel.backends.base import Answer, Backend, BackendOptions, Request, TargetMask, TurnAnswer
 from autolabel.backends.chat import PastTurn, build_chat, draw_images
-from autolabel.backends.reasoning import Generated, ImageNotAccepted, Reasoner, ReasonStep, token_budget
+from autolabel.backends.reasoning import Generated, ImageNotAccepted, Reasoner, ReasonStep
 from autolabel.backends.vlm_coords import ImageFrame
 from autolabel.errors import InputError
 from autolabel.prediction import Rejection
@@ -170,12 +170,12 @@ class VlmSamBackend(Backend):
             return []
         results: list[_Reasoned | Exception] = []
         steps = self.steps(states, t)
-        for s, step, g in zip(states, steps, self.reasoner.reason(steps)):
+        for s, g in zip(states, self.reasoner.reason(steps)):
             if isinstance(g, Exception):
                 results.append(g)
                 continue
             try:
-                parsed, raw = self._read(g, s.request.prompt, token_budget(step, self.options.max_new_tokens))
+                parsed, raw = self._read(g, s.request.prompt)
             except Exception as e:  # noqa: BLE001 - InvalidAnswer: this group fails, the batch goes on
                 results.append(e)
                 continue
@@ -186,11 +186,11 @@ class VlmSamBackend(Backend):
         return results
 
     @staticmethod
-    def _read(g: Generated, prompt: RenderedPrompt, budget: int) -> tuple[ParsedAnswer, str]:
+    def _read(g: Generated, prompt: RenderedPrompt) -> tuple[ParsedAnswer, str]:
         """The typed answer and the JSON later rounds replay. An answer cut at the budget keeps
         what it completed (marked truncated) instead of failing its group."""
         try:
-            return parse_answer(g.text, prompt, max_new_tokens=budget if g.truncated else None), g.text
+            return parse_answer(g.text, prompt, max_new_tokens=g.cut_at), g.text
         except InvalidAnswer:
             if not g.truncated:
                 raise
