@@ -25,6 +25,12 @@ def box_backend(monkeypatch):
 
 
 @pytest.fixture
+def dataset_name(request) -> str:
+    """A FiftyOne dataset name of this test's own."""
+    return f"t_{request.node.name}"[:60].replace("[", "_").replace("]", "_")
+
+
+@pytest.fixture
 def groups_dir(tmp_path: Path) -> Path:
     return make_groups(tmp_path / "data", 6)
 

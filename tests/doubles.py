@@ -8,6 +8,7 @@ import time
 import numpy as np
 
 from autolabel.backends.base import Answer, Backend, BackendOptions, Request, TargetMask, TurnAnswer
+from autolabel.backends.mask_heads.base import MaskResult
 from autolabel.prediction import Rejection
 
 
@@ -117,3 +118,28 @@ def recording(base: type[BoxBackend] = BoxBackend) -> type[BoxBackend]:
             type(self).instances.append(self)
 
     return Recorded
+
+
+class BoxMaskHead:
+    """Test double of a MaskHead: each box becomes a filled mask; counts distinct encoded images."""
+
+    model_id = source = "test/box-mask-head"
+
+    def __init__(self):
+        self.calls: list[list] = []
+        self._seen: set = set()
+        self.encoder_calls = 0
+
+    def predict(self, prompt_sets):
+        self.calls.append(prompt_sets)
+        results = []
+        for ps in prompt_sets:
+            if ps.image_key not in self._seen:
+                self._seen.add(ps.image_key)
+                self.encoder_calls += 1
+            h, w = ps.image.shape[:2]
+            masks = np.zeros((len(ps.boxes), h, w), bool)
+            for k, (x0, y0, x1, y1) in enumerate(ps.boxes):
+                masks[k, int(y0):int(np.ceil(y1)), int(x0):int(np.ceil(x1))] = True
+            results.append(MaskResult(masks=masks, scores=np.full(len(ps.boxes), 0.8)))
+        return results

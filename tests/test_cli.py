@@ -8,34 +8,10 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
-from helpers import make_groups
+from helpers import TESTS, cli, imported_heavy, make_groups
 from pycocotools.coco import COCO
-
-TESTS = Path(__file__).parent
-HEAVY = ("torch", "transformers", "fiftyone")
-
-
-def cli(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, "PYTHONPATH": str(TESTS), **(env or {})}
-    return subprocess.run([sys.executable, "-m", "autolabel", *args], capture_output=True, text=True,
-                          env=full_env, timeout=timeout)
-
-
-def imported_heavy(*argv: str) -> list[str]:
-    """Run the CLI in-process in a fresh interpreter; report which heavy libraries it imported."""
-    code = (
-        "import sys\nsys.argv = ['autolabel', *sys.argv[1:]]\nfrom autolabel.cli import main\n"
-        "try:\n    main()\nexcept SystemExit:\n    pass\n"
-        f"print('HEAVY=' + ','.join(m for m in {HEAVY!r} if m in sys.modules), file=sys.stderr)\n"
-    )
-    r = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True,
-                       env={**os.environ, "PYTHONPATH": str(TESTS)}, timeout=120)
-    line = [x for x in r.stderr.splitlines() if x.startswith("HEAVY=")][-1]
-    return [m for m in line[6:].split(",") if m]
-
 
 def test_version_and_help():
     r = cli("--version")

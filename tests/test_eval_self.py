@@ -8,8 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import make_groups
-from test_cli import cli
+from helpers import cli, make_groups
 
 from autolabel.evaluation import evaluate
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from helpers import ellipse, prediction, sample_predictions, seg, write_run
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
@@ -18,96 +19,7 @@ from autolabel.errors import AutolabelError
 from autolabel.exporters import export_coco
 from autolabel.exporters import coco as coco_module
 from autolabel.masks import mask_to_polygons
-from autolabel.prediction import ImageInfo, Prediction, Rejection, Segment, Turn, prediction_key
-from autolabel.store import PredictionWriter
-
-TEMPLATES = {
-    "parts": {"hash": "h-parts", "category": "functional",
-              "ontology": {"a cat": "cat", "a dog": "dog", "a horse": "horse"}, "categories": ["cat", "dog", "horse"]},
-    "people": {"hash": "h-people", "category": "spatial", "ontology": {"someone": "person", "a kitty": "cat"},
-               "categories": ["person", "cat"]},
-}
-
-
-# -- masks with the shapes that break exporters -----------------------------------------------
-def two_parts(h: int, w: int) -> np.ndarray:
-    m = np.zeros((h, w), bool)
-    m[2:9, 3:12] = True
-    m[h - 10:h - 3, w - 8:w - 2] = True
-    return m
-
-
-def ring(h: int, w: int) -> np.ndarray:
-    m = np.zeros((h, w), bool)
-    m[5:25, 5:30] = True
-    m[10:20, 12:22] = False
-    return m
-
-
-def touching_border(h: int, w: int) -> np.ndarray:
-    m = np.zeros((h, w), bool)
-    m[0, :] = True
-    m[:, w - 1] = True
-    m[h - 6:, :7] = True
-    return m
-
-
-def ellipse(h: int, w: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    m = np.zeros((h, w), np.uint8)
-    cv2.ellipse(m, (int(rng.integers(w // 4, w - w // 4)), int(rng.integers(h // 4, h - h // 4))),
-                (int(rng.integers(3, 15)), int(rng.integers(3, 15))), float(rng.integers(0, 180)), 0, 360, 1, -1)
-    return m.astype(bool)
-
-
-def seg(mask: np.ndarray, image: int, category: str, score: float = 0.9, label: str | None = None,
-        round: int = 0) -> Segment:
-    return Segment.from_mask(mask, image=image, label=label or category, category=category,
-                             phrase=f"the {category}", score=score, round=round)
-
-
-def prediction(group: str, files: list[tuple[str, int | None, int | None]], turns: list[Turn], *,
-               template: str = "parts", status: str = "ok", error: dict | None = None,
-               ids: list[int | None] | None = None) -> Prediction:
-    ids = ids or [None] * len(files)
-    return Prediction(key=prediction_key(group, template, "m"), group_id=group,
-                      images=[ImageInfo(f, w, h, i) for (f, w, h), i in zip(files, ids)],
-                      template=template, template_hash=TEMPLATES.get(template, {}).get("hash", "h?"),
-                      model="m", backend="test", turns=turns, status=status, error=error,
-                      category=TEMPLATES.get(template, {}).get("category", ""))
-
-
-def write_run(run_dir: Path, predictions: list[Prediction], *, name: str | None = None,
-              templates: dict | None = None) -> Path:
-    writer = PredictionWriter(run_dir, name)
-    writer.write(predictions)
-    writer.write_info({"input_root": "/data", "templates": TEMPLATES if templates is None else templates})
-    writer.close()
-    return run_dir
-
-
-G1 = [("g1/b.jpg", 53, 37), ("g1/a.jpg", 41, 40)]  # (file, width, height): odd sizes
-
-
-def sample_predictions() -> list[Prediction]:
-    """Two groups x two templates, a failed group, multi-part / holed / border / empty masks."""
-    g1_parts = prediction("g1", G1, [
-        Turn("Which part is the cat?", "The cat is in image 1; the dog in image 2.",
-             segments=[seg(two_parts(37, 53), 0, "cat", 0.95), seg(ring(40, 41), 1, "dog", 0.8),
-                       seg(touching_border(37, 53), 0, "cat", 0.3), seg(np.zeros((40, 41), bool), 1, "dog", 0.7)],
-             rejected=[Rejection("horse", "horse", "a horse", "no horse anywhere"),
-                       Rejection("dog", "dog", "a dog", "not in this one", image=0)]),
-        Turn("And what else?", "A zebra.", segments=[seg(ellipse(40, 41, 1), 1, "zebra", 0.6, round=1)]),
-    ])
-    g1_people = prediction("g1", G1, [
-        Turn("Who is there?", "A person in image 2.", segments=[seg(ellipse(40, 41, 2), 1, "person", 0.85)])
-    ], template="people")
-    g2_parts = prediction("g2", [("g2/x.png", 30, 20)], [
-        Turn("Which part is the cat?", "Here.", segments=[seg(ellipse(20, 30, 3), 0, "cat", 0.5)])])
-    g3_failed = prediction("g3", [("g3/broken.jpg", None, None), ("g3/ok.jpg", 16, 16)],
-                           [Turn("Which part is the cat?")], status="error",
-                           error={"stage": "decode", "message": "g3/broken.jpg: truncated", "file": "g3/broken.jpg"})
-    return [g1_parts, g1_people, g2_parts, g3_failed]
+from autolabel.prediction import Turn
 
 
 def load(path: Path) -> dict:

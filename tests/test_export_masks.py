@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import ellipse, prediction, ring, sample_predictions, seg, two_parts, write_run
 from PIL import Image
-from test_export_coco import ellipse, prediction, ring, sample_predictions, seg, two_parts, write_run
 
 from autolabel.errors import AutolabelError
 from autolabel.exporters import export_coco, export_masks

@@ -7,9 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import cli, imported_heavy, prediction, sample_predictions, seg, write_run
 from PIL import Image
-from test_cli import cli, imported_heavy
-from test_export_coco import prediction, sample_predictions, seg, write_run
 
 from autolabel.errors import AutolabelError
 from autolabel.exporters.overlays import CAPTION, FILL_ALPHA, MIN_WIDTH, PAD, export_overlays

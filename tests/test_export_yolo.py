@@ -9,10 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import yaml
+from helpers import cli, ellipse, imported_heavy, prediction, ring, sample_predictions, seg, two_parts, write_run
 from PIL import Image
 from pycocotools import mask as mask_utils
-from test_cli import cli, imported_heavy
-from test_export_coco import ellipse, prediction, ring, sample_predictions, seg, two_parts, write_run
 
 from autolabel.exporters import export_coco
 from autolabel.exporters.yolo import export_yolo

@@ -9,9 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import make_groups
-from test_cli import cli
-from test_export_coco import sample_predictions, write_run
+from helpers import assert_one_line_error, cli, make_groups, sample_predictions, write_run
 
 EXPORTS_TO_FOLDERS = [["export", "masks"], ["export", "overlays"], ["export", "yolo", "--images", "none"]]
 
@@ -19,15 +17,6 @@ EXPORTS_TO_FOLDERS = [["export", "masks"], ["export", "overlays"], ["export", "y
 @pytest.fixture
 def run_dir(tmp_path: Path) -> Path:
     return write_run(tmp_path / "run", sample_predictions())
-
-
-def assert_one_line_error(r, *words: str) -> None:
-    assert r.returncode == 2, (r.returncode, r.stderr)
-    assert "Traceback" not in r.stderr, r.stderr
-    lines = [line for line in r.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), r.stderr
-    for word in words:
-        assert word in r.stderr, (word, r.stderr)
 
 
 def test_run_out_is_an_existing_file(tmp_path: Path):

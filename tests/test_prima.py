@@ -8,10 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import make_groups
+from helpers import cli, make_groups
 from pycocotools.coco import COCO
 from synthetic_shapes import make_task
-from test_cli import cli
 from tiny_prima import TINY_SAM, build_tiny_parts
 
 from autolabel.errors import AutolabelError

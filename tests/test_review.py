@@ -3,18 +3,13 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import make_groups
+from helpers import annotations_by_mask, cli, labelled_run
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
-from test_cli import cli
-from helpers import PETS_TEMPLATE as TEMPLATE
 
-from autolabel.config import RunConfig
-from autolabel.engine import Engine
 from autolabel.errors import AutolabelError
 from autolabel.exporters import export_coco
 from autolabel.review.app import prepare_review
@@ -23,47 +18,9 @@ from autolabel.review.detections import detection_mask
 from autolabel.review.pull import parse_since, pull
 from autolabel.review.push import push
 
-def labelled_run(tmp_path: Path, name: str = "run", model: str | None = None, n_groups: int = 4) -> Path:
-    """A run of the test backend: groups of 1-3 images, two turns, a rejected target, one failed group."""
-    data = tmp_path / "data"
-    if not data.exists():
-        make_groups(data, n_groups, per_group=2)
-        make_groups(tmp_path / "more", 1, per_group=3)
-        (tmp_path / "more" / "g000").rename(data / "triple")
-        (data / "solo").mkdir()
-        (data / "solo" / "only.png").write_bytes((data / "g000" / "img1.png").read_bytes())
-        (data / "broken").mkdir()
-        (data / "broken" / "a.png").write_bytes(b"not a png")
-    template = tmp_path / "pets.yaml"
-    template.write_text(TEMPLATE)
-    cfg = RunConfig(input=data, out=tmp_path / name, prompt=[str(template)], backend="doubles:BoxBackend",
-                    model=model, quiet=True)
-    summary = Engine(cfg).run()
-    assert summary.failed and all("broken" in key for key, _ in summary.failed)
-    return tmp_path / name
-
-
-def annotations_by_mask(coco_path: Path) -> dict[tuple, dict]:
-    """(file, category, group, round, model label) -> annotation, for comparing two COCO files."""
-    data = json.loads(coco_path.read_text())
-    files = {i["id"]: i["file_name"] for i in data["images"]}
-    names = {c["id"]: c["name"] for c in data["categories"]}
-    out = {}
-    for a in data["annotations"]:
-        key = (files[a["image_id"]], names[a["category_id"]], a["attributes"]["group_id"], a["attributes"]["round"],
-               a["attributes"]["model_label"])
-        assert key not in out
-        out[key] = a
-    return out
-
 
 def iou(a: dict, b: dict) -> float:
     return float(mask_utils.iou([a], [b], [0])[0][0])
-
-
-@pytest.fixture
-def dataset_name(request) -> str:
-    return f"t_{request.node.name}"[:60].replace("[", "_").replace("]", "_")
 
 
 def test_push_review_pull_without_edits_returns_the_runs_masks(fo_db, tmp_path, dataset_name):

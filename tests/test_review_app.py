@@ -17,9 +17,8 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
+from helpers import TESTS, labelled_run
 from PIL import Image
-from test_cli import TESTS
-from test_review import labelled_run
 
 from autolabel.review.database import free_port
 from autolabel.review.push import push

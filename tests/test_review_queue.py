@@ -13,9 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import PETS_TEMPLATE, make_groups
-from test_cli import TESTS, cli
-from test_review import annotations_by_mask, dataset_name, labelled_run  # noqa: F401 - dataset_name: a fixture
+from helpers import PETS_TEMPLATE, TESTS, annotations_by_mask, cli, labelled_run, make_groups
 
 from autolabel.config import RunConfig
 from autolabel.engine import Engine

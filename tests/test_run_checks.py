@@ -8,9 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import make_groups, write_image
-from test_cli import cli, imported_heavy
-from test_output_errors import assert_one_line_error
+from helpers import assert_one_line_error, cli, imported_heavy, make_groups, write_image
 
 from autolabel.config import load_run_config
 

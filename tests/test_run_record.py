@@ -12,9 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import make_groups
 from doubles import BoxBackend
-from test_cli import TESTS
+from helpers import TESTS, make_groups
 
 from autolabel.config import RunConfig
 from autolabel.engine import Engine

@@ -25,14 +25,15 @@ from vllm_server import VllmServer, free_port
 from autolabel.backends import mask_heads
 from autolabel.backends.base import BackendOptions, Request
 from autolabel.backends.chat import build_chat, mask_box
-from autolabel.backends.server_reasoner import openai_messages, redact_url
-from autolabel.backends.vlm_coords import CoordinateFrame
+from autolabel.backends.reasoning import ReasonStep
+from autolabel.backends.server_reasoner import ServerReasoner, openai_messages, redact_url
+from autolabel.backends.vlm_coords import CoordinateFrame, ImageFrame
 from autolabel.backends.vlm_sam import VlmSamBackend, _GroupState
 from autolabel.errors import AutolabelError
 from autolabel.groups import ImageGroup, ImageRef, VisualPrompt
 from autolabel.store import read_predictions
 from autolabel.templates import AnswerRules, Template, render
-from test_vlm_sam import BoxMaskHead
+from doubles import BoxMaskHead
 
 KEY = "sk-test-" + secrets.token_hex(8)
 LIMITS = "answer_limits={explanation: 16, label: 8, phrase: 8, reason: 8, points: 2}"
@@ -104,6 +105,38 @@ def test_run_through_vllm_gives_masks_exports_coco_and_never_writes_the_key(serv
 
     again = server_run(data, out, server.url, one_template, tiny_mask_model("sam2", tmp_path_factory))
     assert again.returncode == 0 and "already done 3" in again.stderr
+
+
+def test_the_auto_token_budget_fits_the_servers_context(served, tmp_path, tmp_path_factory, one_template):
+    """A schema whose longest answer is over the served context (4096 tokens here): vLLM refuses
+    a max_tokens above it, so the budget is cut to what the prompt leaves and the line is written."""
+    server, _ = served
+    data = make_groups(tmp_path / "data", 1)
+    out = tmp_path / "run"
+    long_answers = "answer_limits={explanation: 2000, label: 8, phrase: 8, reason: 8, points: 2}"
+    r = run_cli("run", str(data), "--prompt", one_template, "--server", server.url, "--model", "tiny",
+                "--mask-model", tiny_mask_model("sam2", tmp_path_factory), "--device", "cpu",
+                "--backend-option", long_answers, "--out", str(out), "-q")
+    assert r.returncode == 0, r.stderr
+    (line,) = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
+    assert line["status"] == "ok", line.get("error")
+    assert json.loads((out / "run.json").read_text())["model_info"]["context_length"] == 4096
+
+
+@pytest.mark.parametrize("context, budget", [(None, 5000), (4096, 4096 - (100 + 4 + 2 * 16)), (150, 150)])
+def test_the_budget_is_cut_to_what_the_prompt_leaves_of_the_context(context, budget):
+    """Prompt bound: 100 text bytes, a 56x56 image (4 visual tokens), 16 per message and image.
+    When that leaves under 64 tokens the bound is too coarse to cut by: the context is the cap."""
+    geometry = GeometryServer(context_length=context)
+    try:
+        reasoner = ServerReasoner(BackendOptions(model="double", server=geometry.url, max_new_tokens=5000))
+        step = ReasonStep(chat=[{"role": "user", "content": [{"type": "text", "text": "x" * 100}, {"type": "image"}]}],
+                          images=[np.zeros((56, 56, 3), np.uint8)],
+                          frames=[ImageFrame(CoordinateFrame.PIXELS, (56, 56), (56, 56))], schema={})
+        assert reasoner.info()["context_length"] == context and reasoner.answer_budget(step) == budget
+        reasoner.close()
+    finally:
+        geometry.stop()
 
 
 def test_the_server_gets_the_in_process_chat(served, tmp_path, monkeypatch):
@@ -226,6 +259,7 @@ def test_doctor_reports_the_server(served):
     assert r.returncode == 0, r.stderr
     out = " ".join(r.stdout.split())
     assert "tiny" in out and "structured output yes" in out and "logprobs yes" in out
+    assert "context 4096 tokens" in out  # the server's --max-model-len
     r = run_cli("doctor", "--server", f"http://127.0.0.1:{free_port()}/v1")
     assert r.returncode == 2 and "cannot list its models" in r.stderr
 
@@ -286,8 +320,6 @@ def test_templates_over_a_group_share_the_prefix_up_to_the_last_image(tmp_path):
     """Everything the group's templates share comes first, so a prefix cache reuses it."""
     refs = tuple(ImageRef(f"g/{i}.png", tmp_path / f"{i}.png") for i in range(2))
     group = ImageGroup("g", tmp_path, refs)
-    from autolabel.backends.vlm_coords import ImageFrame
-
     frames = [ImageFrame(CoordinateFrame.PIXELS, (40, 60), (56, 56))] * 2
     a = Template(name="a", turns=["Find the mug."], ontology=["mug"], system="Be brief.")
     b = Template(name="b", turns=["Which object holds liquid?"])

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import io
 
-from helpers import make_groups
+from helpers import cli, make_groups
 from rich.console import Console
-from test_cli import cli
 
 from autolabel.evaluation import evaluate, render_table
 from autolabel.evaluation.metrics import metric_names

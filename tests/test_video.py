@@ -14,21 +14,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tiny_video import shape_box, tiny_video_model, write_clip, write_frames
+from tiny_video import (LIMITS, keyframe_answers, model_box, shape_box, tiny_video_model, video_config_dict,
+                        write_clip, write_frames)
 from tiny_vlm import tiny_vlm
 
-from autolabel.backends.answer_schema import ParsedAnswer, ParsedTarget
 from autolabel.backends.base import BackendOptions
-from autolabel.backends.vlm_sam import VlmSamBackend, _Reasoned
+from autolabel.backends.vlm_sam import VlmSamBackend
 from autolabel.config import RunConfig
 from autolabel.engine import Engine, decode_group
 from autolabel.errors import InputError
 from autolabel.sources import open_source
 from autolabel.store import read_predictions
 from autolabel.video import VideoSpec, iter_clip, open_clip, spread_keyframes
-
-LIMITS = {"explanation": 16, "label": 8, "phrase": 8, "reason": 8, "points": 2}
-
 
 # -- input and decoding ------------------------------------------------------------------------
 def test_a_video_file_folder_of_videos_frames_folder_and_manifest_line_are_clips(tmp_path):
@@ -98,30 +95,6 @@ def test_decoded_clip_group_has_keyframes_as_images(tmp_path):
 
 
 # -- reasoning on keyframes, tracking through the clip ------------------------------------------
-def keyframe_answers(backend: VlmSamBackend, boxes_per_keyframe) -> list:
-    """The real generate runs; its answer is replaced by given boxes on given keyframes.
-    `boxes_per_keyframe(state)` -> [(keyframe number from 1, label, box in the model's frame)]."""
-    reason = backend._reason
-    chats = []
-
-    def fixed(states, t):
-        out = []
-        for state, reasoned in zip(states, reason(states, t)):
-            chats.append(backend.steps([state], t)[0].chat)
-            targets = tuple(ParsedTarget(k, label, label, box) for k, label, box in boxes_per_keyframe(state))
-            out.append(_Reasoned(ParsedAnswer("fixed", targets, ()), getattr(reasoned, "raw", "{}"),
-                                 [1.0] * len(targets)))
-        return out
-
-    backend._reason = fixed
-    return chats
-
-
-def model_box(state, k: int, box) -> tuple:
-    """`box` (original pixels) on keyframe k (from 1) in the model's coordinates."""
-    return tuple(int(v) for v in state.frames[k - 1].box_from_original(np.asarray(box, np.float64)))
-
-
 def video_config(tmp_path, tmp_path_factory, data, **kw) -> RunConfig:
     return RunConfig(input=data, out=tmp_path / "run", prompt=["multi-target"], var={"targets": "square, cat"},
                      model=str(tiny_vlm("qwen2_5_vl", tmp_path_factory)), mask_model=tiny_video_model(tmp_path_factory),
@@ -238,7 +211,7 @@ def test_a_clip_killed_mid_run_resumes(tmp_path, tmp_path_factory):
 import os, sys, signal
 sys.path[:0] = {[str(Path(__file__).parent)]!r}
 import autolabel.backends.tracking as tracking
-from test_video import keyframe_answers, model_box, video_config_dict
+from tiny_video import keyframe_answers, model_box, video_config_dict
 from autolabel.backends.vlm_sam import VlmSamBackend
 from autolabel.config import RunConfig
 from autolabel.engine import Engine
@@ -267,7 +240,6 @@ Engine(cfg, backend_factory=backend).run()
 
     def backend(options):
         b = VlmSamBackend(options)
-        track = b.__class__  # noqa: F841
         keyframe_answers(b, lambda s: (seen.append(s.request.group.id),
                                        [(1, "square", model_box(s, 1, (8, 36, 32, 60)))])[1])
         return b
@@ -278,12 +250,6 @@ Engine(cfg, backend_factory=backend).run()
     assert summary.exit_code == 0 and summary.already_done == 1 and summary.done == 2
     assert sorted(seen) == ["b.avi", "c.avi"]
     assert sorted(p.group_id for p in read_predictions([out])) == ["a.avi", "b.avi", "c.avi"]
-
-
-def video_config_dict(data, out, vlm, tracker) -> dict:
-    return dict(input=Path(data), out=Path(out), prompt=["multi-target"], var={"targets": "square, cat"},
-                model=str(vlm), mask_model=str(tracker), device="cpu", max_new_tokens=400, quiet=True,
-                backend_option={"answer_limits": LIMITS}, keyframes=2)
 
 
 def test_tracking_memory_stays_flat_at_ten_times_the_clip_length(tmp_path, tmp_path_factory, monkeypatch):

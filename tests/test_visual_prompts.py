@@ -6,9 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from helpers import make_groups
 from doubles import BoxBackend
-from test_cli import cli
+from helpers import cli, make_groups
 
 from autolabel.config import RunConfig
 from autolabel.engine import Engine

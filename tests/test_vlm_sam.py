@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from doubles import BoxMaskHead
 
 from autolabel.backends import mask_heads
-from autolabel.backends.mask_heads.base import MaskResult
 from autolabel.backends.answer_schema import target_spans
 from autolabel.backends.base import BackendOptions, Request
 from autolabel.backends.chat import PastTurn, draw_images, mask_box
@@ -25,31 +25,6 @@ from autolabel.templates import AnswerRules, Template, TurnSpec, render
 from tests.tiny_vlm import FAMILIES, tiny_vlm
 
 SMALL = {"explanation": 16, "label": 8, "phrase": 8, "reason": 8, "points": 2}
-
-
-class BoxMaskHead:
-    """Test double of a MaskHead: each box becomes a filled mask; counts distinct encoded images."""
-
-    model_id = source = "test/box-mask-head"
-
-    def __init__(self):
-        self.calls: list[list] = []
-        self._seen: set = set()
-        self.encoder_calls = 0
-
-    def predict(self, prompt_sets):
-        self.calls.append(prompt_sets)
-        results = []
-        for ps in prompt_sets:
-            if ps.image_key not in self._seen:
-                self._seen.add(ps.image_key)
-                self.encoder_calls += 1
-            h, w = ps.image.shape[:2]
-            masks = np.zeros((len(ps.boxes), h, w), bool)
-            for k, (x0, y0, x1, y1) in enumerate(ps.boxes):
-                masks[k, int(y0):int(np.ceil(y1)), int(x0):int(np.ceil(x1))] = True
-            results.append(MaskResult(masks=masks, scores=np.full(len(ps.boxes), 0.8)))
-        return results
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""Tiny random SAM 2 video checkpoints and test clips (a shape moving over a real photo)."""
+"""Tiny random SAM 2 video checkpoints and test clips (a shape moving over a real photo), and the
+keyframe answers and run settings the video tests steer the vlm-sam backend with."""
 
 from __future__ import annotations
 
@@ -6,8 +7,12 @@ from pathlib import Path
 
 import numpy as np
 
+from autolabel.backends.answer_schema import ParsedAnswer, ParsedTarget
+from autolabel.backends.vlm_sam import VlmSamBackend, _Reasoned
+
 IMG, H = 128, 128
 PHOTO = Path(__file__).resolve().parents[1] / "examples" / "groups" / "animals"
+LIMITS = {"explanation": 16, "label": 8, "phrase": 8, "reason": 8, "points": 2}
 
 
 def build_tiny_sam2_video(directory: Path) -> Path:
@@ -99,3 +104,35 @@ def write_frames(folder: Path, n: int = 8, h: int = 96, w: int = 128) -> Path:
     for i, frame in enumerate(clip_frames(n, h, w)):
         Image.fromarray(frame).save(folder / f"frame{i + 1}.png")
     return folder
+
+
+# -- keyframe answers and run settings -----------------------------------------------------
+def keyframe_answers(backend: VlmSamBackend, boxes_per_keyframe) -> list:
+    """The real generate runs; its answer is replaced by given boxes on given keyframes.
+    `boxes_per_keyframe(state)` -> [(keyframe number from 1, label, box in the model's frame)]."""
+    reason = backend._reason
+    chats = []
+
+    def fixed(states, t):
+        out = []
+        for state, reasoned in zip(states, reason(states, t)):
+            chats.append(backend.steps([state], t)[0].chat)
+            targets = tuple(ParsedTarget(k, label, label, box) for k, label, box in boxes_per_keyframe(state))
+            out.append(_Reasoned(ParsedAnswer("fixed", targets, ()), getattr(reasoned, "raw", "{}"),
+                                 [1.0] * len(targets)))
+        return out
+
+    backend._reason = fixed
+    return chats
+
+
+def model_box(state, k: int, box) -> tuple:
+    """`box` (original pixels) on keyframe k (from 1) in the model's coordinates."""
+    return tuple(int(v) for v in state.frames[k - 1].box_from_original(np.asarray(box, np.float64)))
+
+
+def video_config_dict(data, out, vlm, tracker) -> dict:
+    """RunConfig fields of a two-keyframe multi-target run (plain values: a subprocess script builds it too)."""
+    return dict(input=Path(data), out=Path(out), prompt=["multi-target"], var={"targets": "square, cat"},
+                model=str(vlm), mask_model=str(tracker), device="cpu", max_new_tokens=400, quiet=True,
+                backend_option={"answer_limits": LIMITS}, keyframes=2)
