@@ -92,6 +92,9 @@ def test_run_through_vllm_gives_masks_exports_coco_and_never_writes_the_key(serv
     assert info["image_size_check"].startswith("verified") and info["structured_output"] and info["logprobs"]
     scores = [s["score"] for x in lines for s in x["turns"][0]["segments"]]
     assert all(0 < s < 1 for s in scores)  # SAM's IoU x the VLM's token probabilities from the server
+    timings = json.loads((out / "run.json").read_text())["timings"]  # what the server counted, 3 answers
+    assert timings["server_prompt_tokens"] > 3 * 2 * 4 and 3 <= timings["server_completion_tokens"] <= 3 * 400
+    assert 0 <= timings["server_cached_prompt_tokens"] < timings["server_prompt_tokens"]
 
     coco_file = tmp_path / "coco.json"
     r2 = run_cli("export", "coco", str(out), "-o", str(coco_file))

@@ -45,7 +45,7 @@ class VllmServer:
         args = [str(VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
                 "--served-model-name", name, "--host", "127.0.0.1", "--port", str(self.port),
                 "--max-model-len", "4096", "--dtype", "float32", "--enforce-eager",
-                "--limit-mm-per-prompt", f'{{"image": {max_images}}}',
+                "--limit-mm-per-prompt", f'{{"image": {max_images}}}', "--enable-prompt-tokens-details",
                 "--structured-outputs-config", '{"backend": "guidance", "disable_any_whitespace": true}',
                 *(("--api-key", api_key) if api_key else ()), *extra_args]
         self._log = open(self.log_path, "wb")

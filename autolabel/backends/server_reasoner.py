@@ -102,6 +102,9 @@ class ServerReasoner(Reasoner):
         extra = options.extra
         self._api_key = api_key(options)
         self.retried_responses = 0
+        # tokens the server counted for this run's answers (start-up probes aside); cached prompt
+        # tokens only where the server reports them (vLLM: --enable-prompt-tokens-details)
+        self.usage = {"server_prompt_tokens": 0, "server_completion_tokens": 0}
         self._lock = threading.Lock()
         self.client = make_client(options, on_response=self._count_retried)
         self.request_options: dict[str, Any] = {"temperature": 0, **extra.get("request", {})}
@@ -131,7 +134,7 @@ class ServerReasoner(Reasoner):
                 "concurrency": self.options.concurrency}
 
     def stats(self) -> dict[str, Any]:
-        return {"server_retried_responses": self.retried_responses}
+        return {"server_retried_responses": self.retried_responses, **self.usage}
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -184,6 +187,7 @@ class ServerReasoner(Reasoner):
             urls = [self.image_url(im, f) for im, f in zip(step.images, step.frames)]
             budget = self.answer_budget(step)
             reply = self._complete(openai_messages(step.chat, urls), step.schema, budget, logprobs=self.logprobs)
+            self._count_usage(reply.usage)
             choice = reply.choices[0]
             text = choice.message.content or ""
             ends, logprobs = token_offsets(text, choice.logprobs)
@@ -277,6 +281,17 @@ class ServerReasoner(Reasoner):
         if response.status_code in RETRIED_STATUSES:
             with self._lock:
                 self.retried_responses += 1
+
+    def _count_usage(self, usage) -> None:
+        if usage is None:
+            return
+        details = getattr(usage, "prompt_tokens_details", None)
+        cached = getattr(details, "cached_tokens", None) if details is not None else None
+        with self._lock:
+            self.usage["server_prompt_tokens"] += usage.prompt_tokens or 0
+            self.usage["server_completion_tokens"] += usage.completion_tokens or 0
+            if cached is not None:
+                self.usage["server_cached_prompt_tokens"] = self.usage.get("server_cached_prompt_tokens", 0) + cached
 
     def _redact(self, text: str) -> str:
         return text.replace(self._api_key, "***") if self._api_key else text
