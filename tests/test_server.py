@@ -335,18 +335,27 @@ def test_templates_over_a_group_share_the_prefix_up_to_the_last_image(tmp_path):
 
 
 def test_ray_engine_and_shards_through_the_server(served, tmp_path, tmp_path_factory, one_template):
-    """Ray workers share the server; two shards then cover every group once."""
+    """Ray workers share the server; two shards, each through its own server URL (the README's
+    one server per GPU box; here a proxy in front of the same vLLM), cover every group once and
+    export as one run."""
     server, _ = served
     sam = tiny_mask_model("sam2", tmp_path_factory)
     data = make_groups(tmp_path / "data", 4)
     out = tmp_path / "run"
     r = server_run(data, out, server.url, one_template, sam, "--engine", "ray", "--workers", "1", "--shard", "0/2")
     assert r.returncode == 0, r.stderr
-    r = server_run(data, out, server.url, one_template, sam, "--shard", "1/2")
+    second = FaultProxy(server.url)
+    try:
+        r = server_run(data, out, second.url, one_template, sam, "--shard", "1/2")
+    finally:
+        second.stop()
     assert r.returncode == 0, r.stderr
     lines = list(read_predictions([out]))
     assert sorted(p.group_id for p in lines) == ["g000", "g001", "g002", "g003"]
     assert all(p.status == "ok" for p in lines)
+    r = run_cli("export", "coco", str(out), "-o", str(tmp_path / "coco.json"))
+    assert r.returncode == 0, r.stderr
+    assert len(COCO(str(tmp_path / "coco.json")).getImgIds()) == 8
 
 
 def test_an_unconstrained_answer_fails_its_group_with_the_raw_answer(tmp_path, tmp_path_factory):
