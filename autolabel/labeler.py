@@ -23,6 +23,7 @@ from autolabel.errors import AutolabelError, InputError
 from autolabel.groups import BadGroup, ImageGroup
 from autolabel.prediction import ImageInfo, Prediction, Segment, Turn, prediction_key
 from autolabel.templates import Template, load_template, render, used_variables
+from autolabel.video import keyframe_names
 
 # `--batch-size auto` on CUDA starts here and halves on out-of-memory until a batch fits.
 AUTO_BATCH_START = 64
@@ -295,15 +296,6 @@ def given_variables(config_var: Mapping[str, str], group: ImageGroup | BadGroup)
     a COCO annotation's category) as `label`, then the group's own manifest variables; later wins."""
     label = next((im.prompt.label for im in group.images if im.prompt is not None and im.prompt.label), None)
     return {**config_var, **({"label": label} if label else {}), **getattr(group, "variables", {})}
-
-
-def keyframe_names(clip) -> list[str] | None:
-    """'Frame k (t=...s)' for the keyframes of a decoded video clip, None for images (video.py)."""
-    if getattr(clip, "keyframes", None) is None:
-        return None
-    from autolabel.video import keyframe_names as names
-
-    return names(clip)
 
 
 def exemplar_images(group: ImageGroup) -> tuple[int, ...]:

@@ -1,5 +1,6 @@
-"""`autolabel prompts render`: show a template rendered for one group: a folder of images, or a
-group of a manifest or COCO file with its exemplars.
+"""`autolabel prompts render`: show a template rendered for one group: a folder of images, a
+group of a manifest or COCO file with its exemplars, or a video file (its keyframes, as `run`
+picks them with the default sampling, are the images the model sees).
 
 By default the template's own text (system prompt, turns, ontology, answer rules); with `--chat`
 the exact chat the `vlm-sam` backend sends its model: labelled images, the answer rules it adds,
@@ -14,6 +15,7 @@ from autolabel.errors import AutolabelError
 from autolabel.images import IMAGE_EXTENSIONS
 from autolabel.sources import folder_images
 from autolabel.templates import load_template, render
+from autolabel.video import keyframe_names
 
 
 def _image_names(group_dir: Path) -> list[str]:
@@ -26,22 +28,41 @@ def _image_names(group_dir: Path) -> list[str]:
 
 
 def _group(path: Path, group_id: str | None, variables: dict[str, str]):
-    """A folder of images as one group, or a group of a manifest or COCO file as `run` reads it
-    (`group_id`, default the first), with the variables it renders with (its own and its exemplar's
-    label over --var)."""
+    """A folder of images as one group, or a group of a manifest or COCO file or a video as `run`
+    reads it (`group_id`, default the first), with the variables it renders with (its own and its
+    exemplar's label over --var), and a clip's keyframes decoded (None for images: read when needed)."""
     from autolabel.groups import BadGroup, ImageGroup, ImageRef
     from autolabel.labeler import given_variables
     from autolabel.sources import open_source
 
     if not path.is_file():
         names = _image_names(path)
-        return ImageGroup(path.name, path, tuple(ImageRef(n, path / n) for n in names)), variables
+        return ImageGroup(path.name, path, tuple(ImageRef(n, path / n) for n in names)), variables, None
     found = next((g for g in open_source(path) if group_id is None or g.id == group_id), None)
     if found is None:
         raise AutolabelError(f"{path}: no group {group_id!r}" if group_id else f"{path}: no groups")
     if isinstance(found, BadGroup):
         raise AutolabelError(f"{path}: group {found.id!r} cannot be read: {found.error().message}")
-    return found, given_variables(variables, found)
+    keyframes = None
+    if found.video is not None:
+        from autolabel.errors import InputError
+        from autolabel.images import DEFAULT_MAX_PIXELS
+        from autolabel.video_source import decode_clip_group
+
+        try:
+            found, keyframes = decode_clip_group(found, DEFAULT_MAX_PIXELS)
+        except InputError as e:
+            raise AutolabelError(f"{e.file}: {e.reason}") from None
+    return found, given_variables(variables, found), keyframes
+
+
+def _rendered(template_name: str, group, variables: dict[str, str]):
+    """The template rendered for the group exactly as `run` renders it (keyframes called 'Frame k')."""
+    from autolabel.labeler import exemplar_images
+
+    names = [im.file for im in group.images]
+    return render(load_template(template_name), n_images=len(names), variables=variables, group_id=group.id,
+                  files=names, exemplars=exemplar_images(group), image_names=keyframe_names(group.video))
 
 
 def _exemplar(image) -> str:
@@ -56,18 +77,14 @@ def _exemplar(image) -> str:
 def render_for_group(template_name: str, group_dir: Path, variables: dict[str, str], group_id: str | None = None) -> str:
     """The system prompt, each turn, the ontology and answer rules, as plain text. `group_dir` may
     also be a manifest or COCO file: its group `group_id` is shown, exemplars marked."""
-    from autolabel.labeler import exemplar_images
-
-    group, variables = _group(group_dir, group_id, variables)
-    names = [im.file for im in group.images]
-    template = load_template(template_name)
-    p = render(template, n_images=len(names), variables=variables, group_id=group.id, files=names,
-               exemplars=exemplar_images(group))
+    group, variables, _ = _group(group_dir, group_id, variables)
+    p = _rendered(template_name, group, variables)
     lines = [f"template: {p.name} (hash {p.hash}, category {p.category})"]
     if p.system:
         lines += ["", "[system]", p.system]
-    for i, (name, image) in enumerate(zip(names, group.images), 1):
-        lines.append(f"Image {i}: {name}{_exemplar(image)}")
+    called = keyframe_names(group.video) or [f"Image {i}" for i in range(1, len(group.images) + 1)]
+    for name, image in zip(called, group.images):
+        lines.append(f"{name}: {image.file}{_exemplar(image)}")
     for i, turn in enumerate(p.turns, 1):
         lines += ["", f"[user, round {i}]" + (" (earlier masks drawn on the images)" if turn.draw_previous else ""),
                   turn.text]
@@ -90,14 +107,11 @@ def chat_for_group(template_name: str, group_dir: Path, variables: dict[str, str
     from autolabel.backends.answer_schema import AnswerLimits, answer_schema, answer_token_budget
     from autolabel.backends.chat import EXEMPLAR_COLOR_NAME, ROUND_COLORS, build_chat
     from autolabel.images import decode_image
-    from autolabel.labeler import exemplar_images
 
-    group, variables = _group(group_dir, group_id, variables)
+    group, variables, keyframes = _group(group_dir, group_id, variables)
     names = [im.file for im in group.images]
-    template = load_template(template_name)
-    p = render(template, n_images=len(names), variables=variables, group_id=group.id, files=names,
-               exemplars=exemplar_images(group))
-    images = [decode_image(im.path, im.file) for im in group.images]
+    p = _rendered(template_name, group, variables)
+    images = keyframes if keyframes is not None else [decode_image(im.path, im.file) for im in group.images]
     frames, sizes = _frames(names, images, model)
     chat = build_chat(p, group, frames, frames[0].frame, [])
     schema = answer_schema(p, coord_max=max(f.coord_max for f in frames), limits=AnswerLimits())

@@ -309,8 +309,11 @@ def _seek(cv2, cap, index: int) -> bool:
     return False
 
 
-def keyframe_names(clip: VideoClip) -> list[str]:
-    """What the VLM calls the keyframes: 'Frame k (t=...s)', k from 1 in clip order."""
+def keyframe_names(clip: VideoClip | VideoSpec | None) -> list[str] | None:
+    """What the VLM calls a decoded clip's keyframes: 'Frame k (t=...s)', k from 1 in clip order;
+    None for an image group or a clip not decoded yet (its images are called 'Image N')."""
+    if not isinstance(clip, VideoClip):
+        return None
     return [f"Frame {k + 1} (t={clip.timestamps[p]:.2f}s)" for k, p in enumerate(clip.keyframes)]
 
 

@@ -72,3 +72,24 @@ def test_model_needs_chat(tmp_path):
 
     result = CliRunner().invoke(app, ["prompts", "render", "multi-target", str(_group(tmp_path)), "--model", "x"])
     assert isinstance(result.exception, AutolabelError) and "only with --chat" in str(result.exception)
+
+
+def test_a_video_renders_with_its_keyframes_as_the_model_sees_them(tmp_path):
+    """A clip's images are its keyframes, called 'Frame k (t=...s)' as in a run, not one image."""
+    from tiny_video import write_clip
+
+    clip = write_clip(tmp_path / "walk.avi", 12)
+    result = CliRunner().invoke(app, ["prompts", "render", "multi-target", str(clip)])
+    assert result.exit_code == 0, result.output
+    listed = [line for line in result.output.splitlines() if line.startswith("Frame ")]
+    assert [line.split(": ")[1] for line in listed] == ["walk.avi/000001", "walk.avi/000004", "walk.avi/000007",
+                                                        "walk.avi/000010"]
+    assert listed[0].startswith("Frame 1 (t=0.10s)") and "labelled Frame 1 (t=0.10s), Frame 2" in result.output
+
+    chat = CliRunner().invoke(app, ["prompts", "render", "multi-target", str(clip), "--chat"])
+    assert chat.exit_code == 0, chat.output
+    assert chat.output.count("<image walk.avi/0000") == 4 and "Frame 4 (t=1.00s) (140x84 pixels):" in chat.output
+
+    (tmp_path / "broken.avi").write_bytes(b"not a video")
+    broken = CliRunner().invoke(app, ["prompts", "render", "multi-target", str(tmp_path / "broken.avi")])
+    assert broken.exit_code != 0 and str(broken.exception).startswith("broken.avi:"), broken.output

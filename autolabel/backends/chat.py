@@ -23,6 +23,7 @@ from autolabel.errors import InputError
 from autolabel.groups import ImageGroup, VisualPrompt
 from autolabel.masks import rle_to_mask
 from autolabel.templates import RenderedPrompt
+from autolabel.video import keyframe_names
 
 EXEMPLAR_COLOR = (255, 0, 0)  # RGB
 EXEMPLAR_COLOR_NAME = "red"
@@ -76,16 +77,6 @@ def image_label(index: int, frame: ImageFrame, name: str | None = None) -> str:
     return f"{name}:"
 
 
-def keyframe_names(group: ImageGroup) -> list[str] | None:
-    """'Frame k (t=...s)' for each keyframe of a decoded video clip; None for an image group."""
-    clip = getattr(group, "video", None)
-    if getattr(clip, "keyframes", None) is None:
-        return None
-    from autolabel.video import keyframe_names as names
-
-    return names(clip)
-
-
 def visual_prompt_text(group: ImageGroup, frames: list[ImageFrame]) -> str:
     """Exemplars of the group in the model's coordinates, one line per prompted image."""
     lines = []
@@ -128,7 +119,7 @@ def build_chat(prompt: RenderedPrompt, group: ImageGroup, frames: list[ImageFram
                past: list[PastTurn]) -> list[dict]:
     """The chat for the turn after `past`: labelled images, instructions + first turn, replayed rounds."""
     intro: list[dict] = []
-    names = keyframe_names(group)
+    names = keyframe_names(group.video)
     for i, f in enumerate(frames):
         intro += [{"type": "text", "text": image_label(i, f, names[i] if names else None)}, {"type": "image"}]
     exemplars = visual_prompt_text(group, frames)
