@@ -287,11 +287,17 @@ def test_tracking_memory_stays_flat_at_ten_times_the_clip_length(tmp_path, tmp_p
 _runs: dict[str, Path] = {}
 
 
-def labelled_clip(tmp_path_factory) -> Path:
-    """One run over a clip (8 frames, 2 keyframes): the square tracked, a second box on keyframe 2."""
-    if "run" not in _runs:
+def labelled_clip(tmp_path_factory, *, frames: bool = False) -> Path:
+    """One run over a clip (2 keyframes): the square tracked, a second box on keyframe 2. The clip is
+    walk.avi (8 frames, all labelled) or, with `frames`, the folder clip1/ of 12 frame images
+    (frame1.png ...) labelled at --fps 15, every second frame (a frames folder is read at 30 fps)."""
+    key = "frames" if frames else "run"
+    if key not in _runs:
         base = tmp_path_factory.mktemp("video_run")
-        write_clip(base / "data" / "walk.avi", 8)
+        if frames:
+            write_frames(base / "data" / "clip1", 12)
+        else:
+            write_clip(base / "data" / "walk.avi", 8)
 
         def backend(options: BackendOptions) -> VlmSamBackend:
             b = VlmSamBackend(options)
@@ -299,10 +305,11 @@ def labelled_clip(tmp_path_factory) -> Path:
                                            (2, "cat", model_box(s, 2, (60, 10, 100, 40)))])
             return b
 
-        cfg = video_config(base, tmp_path_factory, base / "data", keyframes=2)
+        cfg = video_config(base, tmp_path_factory, base / "data", keyframes=2,
+                           **(dict(frames=True, fps=15.0) if frames else {}))
         assert Engine(cfg, backend_factory=backend).run().exit_code == 0
-        _runs["run"] = cfg.out
-    return _runs["run"]
+        _runs[key] = cfg.out
+    return _runs[key]
 
 
 def test_export_coco_makes_every_sampled_frame_an_image_with_its_clip_and_time(tmp_path, tmp_path_factory):
@@ -504,13 +511,92 @@ def test_pull_reads_reviewed_frames_back_as_per_frame_coco(fo_db, tmp_path, tmp_
     assert removed.index in {a["attributes"]["track_id"] for a in anns} or len(pushed) == 1
 
 
+def test_a_frames_folder_clip_is_pushed_as_a_review_video_and_pulled_with_its_frame_names(
+        fo_db, tmp_path, tmp_path_factory):
+    import shutil
+
+    import cv2
+    from pycocotools.coco import COCO
+
+    from autolabel.evaluation.video_metrics import evaluate_video
+    from autolabel.masks import rle_to_mask
+    from autolabel.review.push_video import pull_video, push_video
+
+    run = labelled_clip(tmp_path_factory, frames=True)
+    (pred,) = read_predictions([run])
+    data = Path(json.loads((run / "run.json").read_text())["input_root"])
+    names = [f"clip1/frame{i + 1}.png" for i in range(12)]  # natural order: frame10 after frame9
+    assert [im.file for im in pred.images] == names[::2] and [im.frame for im in pred.images] == list(range(0, 12, 2))
+    stats = push_video([run], "frames_push_test")
+    assert stats.clips == 1 and stats.review_videos == 1 and not stats.not_pushed, str(stats)
+    dataset = fo_db.load_dataset("frames_push_test")
+    assert dataset.media_type == "video" and len(dataset) == 1
+    sample = dataset.first()
+    video = run / "review-videos" / "clip1.webm"
+    assert sample.filepath == str(video.resolve()) and sample["autolabel_group"] == "clip1"
+    assert (sample.metadata.total_frame_count, sample.metadata.frame_rate) == (12, 30.0)
+    assert (sample.metadata.frame_width, sample.metadata.frame_height) == (128, 96)
+    if shutil.which("ffprobe"):  # FiftyOne reads the same from the file
+        probed = fo_db.Sample(filepath=str(video))
+        probed.compute_metadata()
+        assert (probed.metadata.total_frame_count, probed.metadata.frame_rate) == (12, 30.0)
+    # every frame of the folder in order: video frame i + 1 is the folder's frame i
+    cap = cv2.VideoCapture(str(video))
+    decoded = []
+    while (frame := cap.read())[0]:
+        decoded.append(cv2.cvtColor(frame[1], cv2.COLOR_BGR2RGB).astype(float))
+    cap.release()
+    originals = [np.asarray(cv2.cvtColor(cv2.imread(str(data / n)), cv2.COLOR_BGR2RGB), float) for n in names]
+    assert len(decoded) == 12
+    for i, frame in enumerate(decoded):
+        errors = [np.abs(frame - o).mean() for o in originals]
+        assert int(np.argmin(errors)) == i and errors[i] < 4, (i, errors)
+    expected = {(s.frame + 1, s.track_id) for s in pred.turns[0].segments if s.bbox[2] > 0}
+    got = {(number, d.index) for number, frame in sample.frames.items()
+           for d in (frame["predictions_multi_target"].detections if frame["predictions_multi_target"] else [])}
+    assert got == expected and {n for n, _ in got} <= {1, 3, 5, 7, 9, 11} and stats.masks == len(expected)
+    # a second push reuses the video
+    before = video.stat()
+    again = push_video([run], "frames_push_test")
+    assert again.review_videos == 0 and again.masks == stats.masks and len(fo_db.load_dataset("frames_push_test")) == 1
+    assert (video.stat().st_mtime_ns, video.stat().st_ino) == (before.st_mtime_ns, before.st_ino)
+    # pull: the folder's own frame names, the masks pixel for pixel
+    pulled = pull_video("frames_push_test", tmp_path / "pulled.json")
+    coco = COCO(str(tmp_path / "pulled.json"))
+    file_of = {im["id"]: im["file_name"] for im in coco.dataset["images"]}
+    assert sorted(file_of.values(), key=names.index) == names[::2] and pulled.clips == 1
+    frame_of = {im["id"]: im["frame_index"] for im in coco.dataset["images"]}
+    pushed = {(s.frame, s.track_id): s for s in pred.turns[0].segments if s.bbox[2] > 0}
+    anns = coco.loadAnns(coco.getAnnIds())
+    assert len(anns) == len(pushed)
+    for a in anns:
+        s = pushed[(frame_of[a["image_id"]], a["attributes"]["track_id"])]
+        assert file_of[a["image_id"]] == pred.images[s.image].file
+        assert (coco.annToMask(a).astype(bool) == rle_to_mask(s.rle)).all()
+    unchanged = evaluate_video(run, tmp_path / "pulled.json")
+    assert not unchanged.warnings and unchanged.overall["J&F"] == pytest.approx(1.0), "the run pairs with its review"
+    # a frame written again rewrites the video; an unreadable one keeps the clip out, naming the file
+    copy = tmp_path / "data"
+    shutil.copytree(data, copy)
+    (copy / names[3]).write_bytes((copy / names[3]).read_bytes())
+    assert push_video([run], "frames_push_copy", image_root=copy).review_videos == 1
+    (copy / names[3]).write_bytes(b"not a png")
+    broken = push_video([run], "frames_push_copy", image_root=copy)
+    assert broken.clips == 0 and len(broken.not_pushed) == 1 and names[3] in str(broken)
+    assert sorted(p.name for p in video.parent.iterdir()) == ["clip1.webm", "clip1.webm.frames"], "no temp file left"
+
+
 def test_a_two_round_template_on_a_clip_tracks_each_round(tmp_path, tmp_path_factory):
     data = tmp_path / "data"
     write_clip(data / "walk.avi", 6)
     chats = []
 
+    steps = []
+
     def backend(options: BackendOptions) -> VlmSamBackend:
         b = VlmSamBackend(options)
+        make_steps = b.steps
+        b.steps = lambda states, t: (made := make_steps(states, t), steps.append((t, made)))[0]
         chats.append(keyframe_answers(b, lambda s: [(1, "person", model_box(s, 1, (8, 36, 32, 60)))]))
         return b
 
@@ -522,6 +608,14 @@ def test_a_two_round_template_on_a_clip_tracks_each_round(tmp_path, tmp_path_fac
     assert {s.round for s in pred.turns[1].segments} == {1}
     second = chats[0][1]
     assert any("Frame 1 (t=" in c.get("text", "") for c in second[0]["content"])
+    # round 2 sees round 1's track where the model sees the clip, on its keyframes: listed in the
+    # text and outlined on exactly the keyframes where the track's mask is not empty
+    memory = second[-1]["content"][0]["text"]
+    assert memory.startswith("Round 1 found: person in Frame 1") and "person in Frame 2" in memory
+    first_images = next(made[0].images for t, made in steps if t == 0)
+    second_images = next(made[0].images for t, made in steps if t == 1)
+    outlined = [not np.array_equal(a, b) for a, b in zip(first_images, second_images)]
+    assert outlined == [f"person in Frame {k} at [" in memory for k in (1, 2)] and any(outlined)
 
 
 def test_a_missing_tracker_model_is_a_usage_error_before_anything_loads(tmp_path, tmp_path_factory):

@@ -98,15 +98,25 @@ def visual_prompt_text(group: ImageGroup, frames: list[ImageFrame]) -> str:
     return "\n".join(lines)
 
 
-def memory_text(round_index: int, past: PastTurn, frames: list[ImageFrame], drawn: bool) -> str:
+def shown_masks(past: PastTurn, group: ImageGroup) -> list[tuple[int, str, np.ndarray]]:
+    """(image shown to the model, label, mask) of each segment an earlier round found. A video
+    track has a mask on every sampled frame; the model sees the keyframes, so those are its masks."""
+    clip = group.video
+    if keyframe_names(clip) is None:
+        return [(m.image, m.label, m.mask) for m in past.answer.masks if m.mask is not None]
+    shown = {position: k for k, position in enumerate(clip.keyframes)}
+    return [(shown[m.image], m.label, rle_to_mask(m.rle)) for m in past.answer.masks
+            if m.rle is not None and m.image in shown]
+
+
+def memory_text(round_index: int, past: PastTurn, group: ImageGroup, frames: list[ImageFrame], drawn: bool) -> str:
     """What round `round_index` (0-based) found, as labelled boxes in the model's coordinates."""
     found = []
-    for m in past.answer.masks:
-        if m.mask is None:  # a video track's frame (RLE only): the replayed answer names its keyframe box
-            continue
-        box = mask_box(m.mask)
-        where = f" at {frames[m.image].box_from_original(box)}" if box is not None else " (empty mask)"
-        found.append(f"{m.label} in Image {m.image + 1}{where}")
+    noun = "Frame" if keyframe_names(group.video) else "Image"
+    for i, label, mask in shown_masks(past, group):
+        box = mask_box(mask)
+        where = f" at {frames[i].box_from_original(box)}" if box is not None else " (empty mask)"
+        found.append(f"{label} in {noun} {i + 1}{where}")
     text = f"Round {round_index + 1} found: " + ("; ".join(found) if found else "nothing") + "."
     if past.answer.rejected:
         text += f" Round {round_index + 1} judged absent: " + "; ".join(r.label for r in past.answer.rejected) + "."
@@ -128,7 +138,7 @@ def build_chat(prompt: RenderedPrompt, group: ImageGroup, frames: list[ImageFram
     messages = [{"role": "user", "content": [*intro, {"type": "text", "text": first}]}]
     for k, done in enumerate(past):
         turn = prompt.turns[k + 1]
-        memory = memory_text(k, done, frames, drawn=turn.draw_previous)
+        memory = memory_text(k, done, group, frames, drawn=turn.draw_previous)
         messages += [{"role": "assistant", "content": [{"type": "text", "text": done.raw}]},
                      {"role": "user", "content": [{"type": "text", "text": f"{memory}\n{turn.text}"}]}]
     return messages
@@ -139,10 +149,13 @@ def draw_images(images: list[np.ndarray], group: ImageGroup, past: list[PastTurn
     """The images the model sees at this step: exemplars marked, earlier segments outlined if asked."""
     import cv2
 
+    earlier: dict[int, list[tuple[int, np.ndarray]]] = {}  # image -> (round, mask) to outline
+    for r, done in enumerate(past if draw_previous else []):
+        for i, _, mask in shown_masks(done, group):
+            earlier.setdefault(i, []).append((r, mask))
     out = []
     for i, (image, ref) in enumerate(zip(images, group.images)):
-        previous = [(r, m.mask) for r, done in enumerate(past) for m in done.answer.masks
-                    if m.image == i and m.mask is not None] if draw_previous else []
+        previous = earlier.get(i, [])
         if ref.prompt is None and not previous:
             out.append(image)
             continue
