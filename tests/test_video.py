@@ -24,7 +24,7 @@ from autolabel.config import RunConfig
 from autolabel.engine import Engine, decode_group
 from autolabel.errors import InputError
 from autolabel.sources import open_source
-from autolabel.store import read_predictions
+from autolabel.store import read_predictions, read_run_info
 from autolabel.video import VideoSpec, iter_clip, open_clip, spread_keyframes
 
 # -- input and decoding ------------------------------------------------------------------------
@@ -117,7 +117,9 @@ def square_on_keyframes(keyframes=(1, 2)):
     return boxes
 
 
-def test_keyframe_targets_become_one_track_per_target_over_every_sampled_frame(tmp_path, tmp_path_factory):
+@pytest.mark.parametrize("tracker", ["sam2", "sam3"])
+def test_keyframe_targets_become_one_track_per_target_over_every_sampled_frame(tmp_path, tmp_path_factory, tracker):
+    """SAM 2 tracks with Sam2VideoModel, a SAM 3 checkpoint with Sam3TrackerVideoModel (same API)."""
     data = tmp_path / "data"
     write_clip(data / "walk.mp4", 12)
     chats = []
@@ -130,8 +132,11 @@ def test_keyframe_targets_become_one_track_per_target_over_every_sampled_frame(t
         return b
 
     cfg = video_config(tmp_path, tmp_path_factory, data, keyframes=3)
+    tracker_model = tiny_video_model(tmp_path_factory, tracker)
+    cfg = cfg.model_copy(update={"backend_option": {**cfg.backend_option, "tracker": tracker_model}})
     summary = Engine(cfg, backend_factory=backend).run()
     assert summary.exit_code == 0, summary.failed
+    assert read_run_info(cfg.out)["model_info"]["tracker"] == tracker_model
     (pred,) = read_predictions([cfg.out])
     assert len(pred.images) == 12 and [im.frame for im in pred.images] == list(range(12))
     assert pred.images[3].timestamp == pytest.approx(0.3) and pred.images[3].video == "walk.mp4"
@@ -627,3 +632,14 @@ def test_a_missing_tracker_model_is_a_usage_error_before_anything_loads(tmp_path
     with pytest.raises(AutolabelError, match="tracker"):
         Engine(cfg).run()
     assert not (cfg.out / "predictions.jsonl").exists()
+
+
+def test_a_sam3_image_checkpoint_is_refused_as_a_tracker(tmp_path_factory):
+    """A SAM 3 image model (model type sam3) has no tracker weights: refused, not tracked at random."""
+    import torch
+    from tiny_sam import tiny_mask_model
+
+    from autolabel.backends.tracking import VideoTracker
+
+    with pytest.raises(ValueError, match="holds no tracker.*facebook/sam3"):
+        VideoTracker("tiny-sam3", tiny_mask_model("sam3", tmp_path_factory), device="cpu", dtype=torch.float32)

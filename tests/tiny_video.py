@@ -46,13 +46,45 @@ def build_tiny_sam2_video(directory: Path) -> Path:
     return directory
 
 
+def build_tiny_sam3_tracker_video(directory: Path) -> Path:
+    """transformers Sam3TrackerVideoModel + processor, random weights: SAM 3's ViT backbone with the
+    same memory widths as the SAM 2 one (memory channels 64, prompt and decoder width 128)."""
+    import torch
+    from transformers import (Sam2ImageProcessor, Sam2VideoVideoProcessor, Sam3TrackerVideoConfig,
+                              Sam3TrackerVideoModel, Sam3TrackerVideoProcessor)
+
+    torch.manual_seed(0)
+    img, patch = 112, 14
+    g = img // patch
+    cfg = Sam3TrackerVideoConfig(
+        vision_config=dict(backbone_config=dict(model_type="sam3_vit_model", hidden_size=32, intermediate_size=64,
+                                                num_hidden_layers=2, num_attention_heads=2, image_size=img,
+                                                patch_size=patch, window_size=8, global_attn_indexes=[1],
+                                                pretrain_image_size=img),
+                           fpn_hidden_size=H, backbone_feature_sizes=[[4 * g, 4 * g], [2 * g, 2 * g], [g, g]]),
+        prompt_encoder_config=dict(hidden_size=H, image_size=img, patch_size=patch),
+        mask_decoder_config=dict(hidden_size=H, mlp_dim=64, num_attention_heads=2, iou_head_hidden_dim=32),
+        image_size=img, memory_attention_hidden_size=H, memory_attention_num_layers=1,
+        memory_attention_num_attention_heads=1, memory_attention_feed_forward_hidden_size=64,
+        memory_attention_rope_feat_sizes=[g, g], memory_encoder_hidden_size=H, memory_encoder_output_channels=64,
+        mask_downsampler_embed_dim=H, memory_fuser_embed_dim=H, memory_fuser_intermediate_dim=64,
+        num_maskmem=3, max_object_pointers_in_encoder=4)
+    Sam3TrackerVideoModel(cfg).save_pretrained(directory)
+    Sam3TrackerVideoProcessor(image_processor=Sam2ImageProcessor(size={"height": img, "width": img}),
+                              video_processor=Sam2VideoVideoProcessor(size={"height": img, "width": img}),
+                              target_size=img).save_pretrained(directory)
+    return directory
+
+
 _built: dict[str, Path] = {}
+VIDEO_BUILDERS = {"sam2": build_tiny_sam2_video, "sam3": build_tiny_sam3_tracker_video}
 
 
-def tiny_video_model(tmp_path_factory) -> str:
-    if "v" not in _built:
-        _built["v"] = build_tiny_sam2_video(tmp_path_factory.mktemp("tiny_sam2_video"))
-    return str(_built["v"])
+def tiny_video_model(tmp_path_factory, kind: str = "sam2") -> str:
+    """The session's tiny video tracker checkpoint of `kind` (sam2, sam3), built on first use."""
+    if kind not in _built:
+        _built[kind] = VIDEO_BUILDERS[kind](tmp_path_factory.mktemp(f"tiny_{kind}_video"))
+    return str(_built[kind])
 
 
 def photo(h: int = 96, w: int = 128) -> np.ndarray:

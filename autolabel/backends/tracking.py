@@ -1,8 +1,8 @@
-"""Video: each target the VLM finds on a keyframe starts a SAM 2 track through the whole clip.
+"""Video: each target the VLM finds on a keyframe starts a SAM 2 (or SAM 3) track through the clip.
 
 The `vlm-sam` backend reasons on a clip's keyframes like on any image group; then, instead of the
-image mask head, `VideoTracker` (transformers' `Sam2VideoModel`) takes each keyframe's boxes as
-prompts and propagates them forward to the clip's last sampled frame and backward to its first.
+image mask head, `VideoTracker` (transformers' `Sam2VideoModel`, or `Sam3TrackerVideoModel` for a
+SAM 3 checkpoint: the same API) takes each keyframe's boxes as prompts and propagates them forward to the clip's last sampled frame and backward to its first.
 Frames are streamed from disk (video.py) into the session one at a time, and after each frame the
 session forgets what the model can no longer read (the frame's pixels, memories older than its
 memory window), so memory stays flat however long the clip is. Masks are RLE-encoded as they come.
@@ -12,8 +12,8 @@ overlapping at mask IoU >= MERGE_IOU on the frames where both tracks have a mask
 each frame taken from the track whose keyframe is nearer. Track ids count from 1 per clip and
 answer turn, in keyframe order.
 
-The tracker model is `--backend-option tracker=ID_OR_DIR`, else the `--mask-model` (SAM 2.1
-checkpoints on the hub hold both the image and the video model).
+The tracker model is `--backend-option tracker=ID_OR_DIR`, else the `--mask-model` (SAM 2.1 and
+SAM 3 checkpoints on the hub hold both the image and the video model).
 """
 
 from __future__ import annotations
@@ -26,6 +26,10 @@ import numpy as np
 from autolabel.masks import mask_to_rle
 
 MERGE_IOU = 0.5
+# config.json model_type -> (model class, processor class) of the tracker; any other type is read as SAM 2
+SAM3_TRACKER = ("Sam3TrackerVideoModel", "Sam3TrackerVideoProcessor")
+TRACKERS = {"sam3_video": SAM3_TRACKER, "sam3_tracker_video": SAM3_TRACKER}
+SAM2_TRACKER = ("Sam2VideoModel", "Sam2VideoProcessor")
 
 
 @dataclass
@@ -40,15 +44,25 @@ class Track:
 
 
 class VideoTracker:
-    """SAM 2 video propagation over a streamed clip, with flat memory (see module doc)."""
+    """SAM 2 / SAM 3 video propagation over a streamed clip, with flat memory (see module doc)."""
 
     def __init__(self, model_id: str, path: str, *, device: str, dtype):
+        import json
+        from pathlib import Path
+
         import transformers
 
         self.model_id, self.source = model_id, path
         self.device, self.dtype = device, dtype
-        self.model = transformers.Sam2VideoModel.from_pretrained(path, dtype=dtype).to(device).eval()
-        self.processor = transformers.Sam2VideoProcessor.from_pretrained(path)
+        config = Path(path) / "config.json"
+        model_type = json.loads(config.read_text()).get("model_type") if config.is_file() else None
+        if model_type == "sam3":
+            raise ValueError(f"{model_id} is a SAM 3 image checkpoint (model type sam3), which holds no tracker: "
+                             "track with facebook/sam3 (sam3_video) or a SAM 2.1 checkpoint "
+                             "(--backend-option tracker=...)")
+        model_class, processor_class = (getattr(transformers, n) for n in TRACKERS.get(model_type, SAM2_TRACKER))
+        self.model = model_class.from_pretrained(path, dtype=dtype).to(device).eval()
+        self.processor = processor_class.from_pretrained(path)
         cfg = self.model.config
         # what a frame's inference reads: the last num_maskmem memories, max_object_pointers pointers
         self.window = max(int(cfg.num_maskmem), int(cfg.max_object_pointers_in_encoder)) + 1
@@ -187,7 +201,7 @@ def video_tracker(backend) -> VideoTracker:
 
         model = backend.options.extra.get("tracker") or backend.mask_model
         if str(model).endswith(".pth"):
-            raise ValueError(f"video needs a transformers SAM 2 checkpoint to track with; {model} is a "
+            raise ValueError(f"video needs a transformers SAM 2 or SAM 3 checkpoint to track with; {model} is a "
                              "segment-anything file: give --backend-option tracker=facebook/sam2.1-hiera-tiny")
         tracker = VideoTracker(str(model), resolve_pretrained(str(model)), device=backend.device, dtype=backend.dtype)
         backend._video_tracker = tracker
