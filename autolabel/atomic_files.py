@@ -38,10 +38,20 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 @contextmanager
-def _temp_beside(path: Path) -> Iterator[tuple[int, str]]:
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temp path beside `path`, with its extension (for writers that pick a format by it, such as
+    OpenCV's VideoWriter), renamed to `path` once the block ends without an error."""
+    with _temp_beside(path, suffix=path.suffix) as (fd, tmp):
+        os.close(fd)
+        yield Path(tmp)
+        os.replace(tmp, path)
+
+
+@contextmanager
+def _temp_beside(path: Path, suffix: str = ".tmp") -> Iterator[tuple[int, str]]:
     """A hidden temp file in `path`'s folder (created if need be), removed if writing fails."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     try:
         yield fd, tmp
     except BaseException:

@@ -4,12 +4,14 @@ EXIF orientation is applied; every PIL mode (grayscale, palette, RGBA, CMYK, 16-
 becomes RGB; the pixel count is checked from the header before decoding (decompression bombs).
 TIFFs PIL cannot read (float RGB, many-channel planar) or reads wrongly (16-bit planar RGB) are
 decoded with `tifffile` instead: its first page, high bit depths scaled by their range like PIL's.
-A multi-page file is labelled by its first page, and a note says so.
+A multi-page file is labelled by its first page, and a note says so. A folder's images are listed
+in natural order (img2 before img10) by every command alike (`folder_images`).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from autolabel.errors import InputError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
+_DIGITS = re.compile(r"(\d+)")
 DEFAULT_MAX_PIXELS = 178_956_970  # PIL's own bomb threshold (2x its warning level)
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF, both byte orders
 # TIFF orientation tag -> the transpose that shows the image upright (as ImageOps.exif_transpose)
@@ -29,6 +32,27 @@ _ORIENTATION = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_18
 
 def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def natural_key(text: str) -> list:
+    """Sort key where img2 comes before img10, case-insensitively."""
+    return [int(part) if part.isdigit() else part.lower() for part in _DIGITS.split(text)]
+
+
+def folder_images(folder: Path) -> tuple[list[Path], list[tuple[str, str]]]:
+    """A group folder's image files in natural order, and the names left out with why (a folder, a
+    file that is not an image); dotfiles are left out silently. Every command lists a folder so."""
+    images, skipped = [], []
+    for f in sorted(folder.iterdir(), key=lambda p: natural_key(p.name)):
+        if f.name.startswith("."):
+            continue
+        if f.is_dir():
+            skipped.append((f.name, "a folder inside a group folder"))
+        elif is_image_file(f):
+            images.append(f)
+        else:
+            skipped.append((f.name, "not an image file (by its extension)"))
+    return images, skipped
 
 
 def decode_image(path: Path, file: str, *, max_pixels: int = DEFAULT_MAX_PIXELS,

@@ -31,17 +31,9 @@ from pathlib import Path
 
 from autolabel.errors import AutolabelError, InputError, describe_files
 from autolabel.groups import BadGroup, ImageGroup, ImageRef, VisualPrompt
-from autolabel.images import is_image_file
+from autolabel.images import folder_images, is_image_file, natural_key
 from autolabel.video import VideoSpec, is_video_file
 from autolabel.video_source import frames_groups, video_group
-
-_DIGITS = re.compile(r"(\d+)")
-
-
-def natural_key(text: str) -> list:
-    """Sort key where img2 comes before img10, case-insensitively."""
-    return [int(part) if part.isdigit() else part.lower() for part in _DIGITS.split(text)]
-
 
 @dataclass
 class SourceStats:
@@ -192,22 +184,6 @@ def _folder_groups(resolver: _PathResolver, stats: SourceStats,
             yield video_group(resolver, entry.name, entry.name, video or VideoSpec())
         else:
             stats.skipped.append((entry.name, "not an image file (by its extension)"))
-
-
-def folder_images(folder: Path) -> tuple[list[Path], list[tuple[str, str]]]:
-    """A group folder's image files in natural order, and the names left out with why (a folder, a
-    file that is not an image); dotfiles are left out silently. Every command lists a folder so."""
-    images, skipped = [], []
-    for f in sorted(folder.iterdir(), key=lambda p: natural_key(p.name)):
-        if f.name.startswith("."):
-            continue
-        if f.is_dir():
-            skipped.append((f.name, "a folder inside a group folder"))
-        elif is_image_file(f):
-            images.append(f)
-        else:
-            skipped.append((f.name, "not an image file (by its extension)"))
-    return images, skipped
 
 
 def _flat_groups(resolver: _PathResolver, pattern: re.Pattern, stats: SourceStats) -> Iterator[ImageGroup | BadGroup]:

@@ -5,23 +5,37 @@ One sample per clip (its video file); each template's masks are a frame-level `D
 `index` = the track id (the App colours and follows a track by it), the mask cropped to its box,
 `confidence` the tracker's score on that frame, and `model_label`, `phrase`, `turn` as image pushes
 have them. FiftyOne frame numbers count from 1: frame index i of the clip is frame i + 1. A clip
-read from a folder of frames has no video file to play: it is counted in `skipped_frame_folders`.
-Pushing again replaces a clip's frame labels of the same field (a rerun's newer lines win).
+read from a folder of frames has no video file to play: push writes one (`review_video`), every
+frame of the folder in the clip's order, and pushes it like a video file. Pushing again replaces a
+clip's frame labels of the same field (a rerun's newer lines win).
 
 `pull` (`pull_video`) reads the frame fields back, as reviewers left them, into per-frame COCO
 (the `export coco` of video: `video_id`, `frame_index`, `timestamp`, `track_id` = the detection's
-`index`); the sample keeps what that needs (`autolabel_frames`: each sampled frame's name, index
-and time; the clip's size; the pushed templates).
+`index`); the sample keeps what that needs (`autolabel_video`: the clip's name in the run;
+`autolabel_frames`: each sampled frame's name, index and time; the clip's size; the pushed
+templates), so a frames-folder clip comes back under its own frame names and `eval` pairs the
+pulled clip with the run's.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from pathlib import Path
 
-from autolabel.errors import AutolabelError
+from autolabel.atomic_files import atomic_path, atomic_write_bytes
+from autolabel.errors import AutolabelError, InputError
 from autolabel.store import read_predictions, read_run_info
+from autolabel.video import FRAMES_FOLDER_FPS
+
+REVIEW_VIDEOS = "review-videos"  # in the first run directory: the frames-folder clips as videos
+# VP8 in WebM: OpenCV's own FFmpeg writes it, and browsers (the App) play it; they play no mp4v
+REVIEW_CODEC, REVIEW_MIME = "VP80", "video/webm"
 
 
 @dataclass
@@ -30,14 +44,16 @@ class VideoPushStats:
     frames: int = 0
     masks: int = 0
     failed: int = 0
-    skipped_frame_folders: int = 0
+    review_videos: int = 0  # frames-folder clips written as review videos by this push (not reused ones)
+    not_pushed: list[str] = dataclass_field(default_factory=list)  # frames-folder clips: "file: why"
     field: str = ""
 
     def __str__(self) -> str:
         return (f"{self.clips} clip(s), {self.frames} labelled frame(s), {self.masks} masks in frame field(s) "
                 f"{self.field}_<template>; {self.failed} failed line(s) skipped"
-                + (f", {self.skipped_frame_folders} frames-folder clip(s) skipped (no video file)"
-                   if self.skipped_frame_folders else ""))
+                + (f"; {self.review_videos} review video(s) of frames folders written to {REVIEW_VIDEOS}/ "
+                   "in the run directory" if self.review_videos else "")
+                + "".join(f"; frames-folder clip not pushed: {why}" for why in self.not_pushed))
 
 
 def is_video_run(run_dirs: list[Path]) -> bool:
@@ -82,15 +98,23 @@ def push_video(run_dirs: list[Path], dataset_name: str, *, label_field: str | No
         if pred.status != "ok":
             stats.failed += 1
             continue
-        if first.file != f"{first.video}/{first.frame:06d}":  # a folder of frame images: nothing to play
-            stats.skipped_frame_folders += 1
-            continue
-        path = str((Path(root) / first.video).resolve())
+        metadata = None
+        if first.file == f"{first.video}/{first.frame:06d}":  # a frame of a video file
+            path = str((Path(root) / first.video).resolve())
+        else:  # a folder of frame images: a video of them to play
+            try:
+                video, metadata, written = review_video(run_dirs[0], Path(root), pred)
+            except InputError as e:
+                stats.not_pushed.append(e.message)
+                continue
+            path, stats.review_videos = str(video.resolve()), stats.review_videos + written
         sample = existing.get(path)
         if sample is None:
             sample = fo.Sample(filepath=path)
             dataset.add_sample(sample)
             existing[path] = sample
+        if metadata is not None:  # known as written: the App needs no ffprobe for it
+            sample.metadata = fo.VideoMetadata(**metadata)
         name = f"{field}_{re.sub(r'[^0-9A-Za-z_]+', '_', pred.template)}"
         by_frame: dict[int, list] = {}
         for turn_index, turn in enumerate(pred.turns):
@@ -107,6 +131,7 @@ def push_video(run_dirs: list[Path], dataset_name: str, *, label_field: str | No
             stats.masks += len(by_frame[number])
         sample["autolabel_group"] = pred.group_id
         sample["autolabel_model"] = pred.model
+        sample["autolabel_video"] = first.video
         sample["autolabel_frames"] = [[im.file, im.frame, im.timestamp] for im in pred.images]
         sample["autolabel_size"] = [first.width, first.height]
         sample["autolabel_fields"] = sorted({*(_get(sample, "autolabel_fields") or []), name})
@@ -116,6 +141,74 @@ def push_video(run_dirs: list[Path], dataset_name: str, *, label_field: str | No
         stats.clips += 1
         stats.frames += len(by_frame)
     return stats
+
+
+def review_video(run_dir: Path, root: Path, pred) -> tuple[Path, dict, bool]:
+    """A frames-folder clip as a video the App plays: (its path, its FiftyOne metadata, whether this
+    call wrote it), or an InputError naming the frame that stops it.
+
+    Every frame image of the folder, in the clip's (natural) order, so the clip's frame index i is
+    video frame i + 1 as for a video file, also where the run sampled fewer (`--fps`); at the
+    frames' own size (the masks'); at the run's frame rate (its frames' timestamps). It is written
+    to `<run_dir>/review-videos/<clip>.webm`, not into the input folder: that may be read-only or
+    shared, and a video there would sit among the frames; the run directory holds what is derived
+    from the run. Written atomically (temp file + rename); a later push reuses it while the
+    folder's frames have the same names, sizes and modification times.
+    """
+    import cv2
+
+    from autolabel.images import decode_image, folder_images
+
+    first, last = pred.images[0], pred.images[-1]
+    folder = (root / first.file).parent
+    if not folder.is_dir():
+        raise InputError(folder.relative_to(root).as_posix(), "frames folder not found")
+    files = folder_images(folder)[0]
+    names = [f.relative_to(root).as_posix() for f in files]
+    for image in pred.images:
+        now = names[image.frame] if image.frame < len(names) else "gone"
+        if now != image.file:
+            raise InputError(image.file, f"the frames folder changed since the run (frame {image.frame} is now {now})")
+    fps = round(last.frame / last.timestamp, 3) if last.timestamp else FRAMES_FOLDER_FPS
+    path = run_dir / REVIEW_VIDEOS / f"{pred.group_id}.webm"
+    stamp = path.with_name(path.name + ".frames")  # what the video was written from
+    frames = [(name, f.stat().st_size, f.stat().st_mtime_ns) for name, f in zip(names, files)]
+    signature = hashlib.sha256(repr((fps, first.width, first.height, frames)).encode()).hexdigest()
+    written = not (path.is_file() and stamp.is_file() and stamp.read_text() == signature)
+    if written:
+        with atomic_path(path) as tmp:
+            with _quiet_stderr():  # OpenCV's FFmpeg prints a harmless note on the WebM codec tag
+                writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*REVIEW_CODEC), fps,
+                                         (first.width, first.height))
+            try:
+                if not writer.isOpened():
+                    raise AutolabelError(f"{path}: OpenCV cannot write a {REVIEW_CODEC} video here")
+                for name, f in zip(names, files):
+                    frame = decode_image(f, name)
+                    if frame.shape[:2] != (first.height, first.width):
+                        raise InputError(name, f"frame is {frame.shape[1]}x{frame.shape[0]}, "
+                                               f"the clip {first.width}x{first.height}")
+                    writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+            finally:
+                writer.release()
+        atomic_write_bytes(stamp, signature.encode())
+    metadata = dict(size_bytes=path.stat().st_size, mime_type=REVIEW_MIME, frame_width=first.width,
+                    frame_height=first.height, frame_rate=fps, total_frame_count=len(files),
+                    duration=len(files) / fps, encoding_str=REVIEW_CODEC)
+    return path, metadata, written
+
+
+@contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """File descriptor 2 sent to /dev/null for the block (C libraries that print to it directly)."""
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _get(document, name: str):
@@ -153,7 +246,7 @@ def pull_video(dataset_name: str, out: Path, *, field: str | None = None) -> Vid
                     continue
                 width, height = sample["autolabel_size"]
                 position = {number + 1: p for p, (_, number, _) in enumerate(frames)}
-                video = frames[0][0].rsplit("/", 1)[0]
+                video = _get(sample, "autolabel_video") or frames[0][0].rsplit("/", 1)[0]  # pushed before it
                 images = [ImageInfo(file, width, height, video=video, frame=number, timestamp=t)
                           for file, number, t in frames]
                 templates = _get(sample, "autolabel_templates") or {}
