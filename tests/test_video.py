@@ -541,12 +541,9 @@ def test_a_frames_folder_clip_is_pushed_as_a_review_video_and_pulled_with_its_fr
     assert sample.filepath == str(video.resolve()) and sample["autolabel_group"] == "clip1"
     assert (sample.metadata.total_frame_count, sample.metadata.frame_rate) == (12, 30.0)
     assert (sample.metadata.frame_width, sample.metadata.frame_height) == (128, 96)
-    if shutil.which("ffprobe"):  # FiftyOne reads the same from the file
-        probed = fo_db.Sample(filepath=str(video))
-        probed.compute_metadata()
-        assert (probed.metadata.total_frame_count, probed.metadata.frame_rate) == (12, 30.0)
     # every frame of the folder in order: video frame i + 1 is the folder's frame i
     cap = cv2.VideoCapture(str(video))
+    assert cap.get(cv2.CAP_PROP_FPS) == 30.0  # the metadata push set is what the file says
     decoded = []
     while (frame := cap.read())[0]:
         decoded.append(cv2.cvtColor(frame[1], cv2.COLOR_BGR2RGB).astype(float))
