@@ -22,7 +22,7 @@ from autolabel.config import RunConfig
 from autolabel.errors import AutolabelError, InputError
 from autolabel.groups import BadGroup, ImageGroup
 from autolabel.prediction import ImageInfo, Prediction, Segment, Turn, prediction_key
-from autolabel.templates import Template, load_template, render, used_variables
+from autolabel.templates import RenderedPrompt, Template, load_template, render, used_variables
 from autolabel.video import keyframe_names
 
 # `--batch-size auto` on CUDA starts here and halves on out-of-memory until a batch fits.
@@ -167,10 +167,7 @@ class Labeler:
             if key in skip:
                 continue
             try:
-                prompt = render(template, n_images=len(group.images),
-                                variables=given_variables(self.config.var, group),
-                                group_id=group.id, files=[im.file for im in group.images],
-                                exemplars=exemplar_images(group), image_names=keyframe_names(group.video))
+                prompt = render_group(template, group, self.config.var)
             except AutolabelError as e:
                 failures.append(self.failure(group, key, "template", str(e), template=template))
                 continue
@@ -289,6 +286,14 @@ def same_ask(done: Asked, asked: Asked) -> bool:
     variable both name (lines written before lines stored every variable they used name fewer)."""
     (done_hash, done_vars), (hash_, variables) = done, asked
     return done_hash == hash_ and all(done_vars[k] == v for k, v in variables.items() if k in done_vars)
+
+
+def render_group(template: Template, group: ImageGroup, config_var: Mapping[str, str]) -> RenderedPrompt:
+    """The template rendered for a group: its variables over --var, its files, exemplars, and a
+    decoded clip's keyframes called 'Frame k (t=...s)'. `run` and `prompts render` both use it."""
+    return render(template, n_images=len(group.images), variables=given_variables(config_var, group),
+                  group_id=group.id, files=[im.file for im in group.images], exemplars=exemplar_images(group),
+                  image_names=keyframe_names(group.video))
 
 
 def given_variables(config_var: Mapping[str, str], group: ImageGroup | BadGroup) -> dict[str, str]:

@@ -14,7 +14,7 @@ from pathlib import Path
 from autolabel.errors import AutolabelError
 from autolabel.images import IMAGE_EXTENSIONS
 from autolabel.sources import folder_images
-from autolabel.templates import load_template, render
+from autolabel.templates import load_template
 from autolabel.video import keyframe_names
 
 
@@ -27,17 +27,16 @@ def _image_names(group_dir: Path) -> list[str]:
     return names
 
 
-def _group(path: Path, group_id: str | None, variables: dict[str, str]):
+def _group(path: Path, group_id: str | None):
     """A folder of images as one group, or a group of a manifest or COCO file or a video as `run`
-    reads it (`group_id`, default the first), with the variables it renders with (its own and its
-    exemplar's label over --var), and a clip's keyframes decoded (None for images: read when needed)."""
+    reads it (`group_id`, default the first), and a clip's keyframes decoded (None for images:
+    read when needed)."""
     from autolabel.groups import BadGroup, ImageGroup, ImageRef
-    from autolabel.labeler import given_variables
     from autolabel.sources import open_source
 
     if not path.is_file():
         names = _image_names(path)
-        return ImageGroup(path.name, path, tuple(ImageRef(n, path / n) for n in names)), variables, None
+        return ImageGroup(path.name, path, tuple(ImageRef(n, path / n) for n in names)), None
     found = next((g for g in open_source(path) if group_id is None or g.id == group_id), None)
     if found is None:
         raise AutolabelError(f"{path}: no group {group_id!r}" if group_id else f"{path}: no groups")
@@ -52,17 +51,8 @@ def _group(path: Path, group_id: str | None, variables: dict[str, str]):
         try:
             found, keyframes = decode_clip_group(found, DEFAULT_MAX_PIXELS)
         except InputError as e:
-            raise AutolabelError(f"{e.file}: {e.reason}") from None
-    return found, given_variables(variables, found), keyframes
-
-
-def _rendered(template_name: str, group, variables: dict[str, str]):
-    """The template rendered for the group exactly as `run` renders it (keyframes called 'Frame k')."""
-    from autolabel.labeler import exemplar_images
-
-    names = [im.file for im in group.images]
-    return render(load_template(template_name), n_images=len(names), variables=variables, group_id=group.id,
-                  files=names, exemplars=exemplar_images(group), image_names=keyframe_names(group.video))
+            raise AutolabelError(e.message) from None
+    return found, keyframes
 
 
 def _exemplar(image) -> str:
@@ -77,8 +67,10 @@ def _exemplar(image) -> str:
 def render_for_group(template_name: str, group_dir: Path, variables: dict[str, str], group_id: str | None = None) -> str:
     """The system prompt, each turn, the ontology and answer rules, as plain text. `group_dir` may
     also be a manifest or COCO file: its group `group_id` is shown, exemplars marked."""
-    group, variables, _ = _group(group_dir, group_id, variables)
-    p = _rendered(template_name, group, variables)
+    from autolabel.labeler import render_group
+
+    group, _ = _group(group_dir, group_id)
+    p = render_group(load_template(template_name), group, variables)
     lines = [f"template: {p.name} (hash {p.hash}, category {p.category})"]
     if p.system:
         lines += ["", "[system]", p.system]
@@ -107,10 +99,11 @@ def chat_for_group(template_name: str, group_dir: Path, variables: dict[str, str
     from autolabel.backends.answer_schema import AnswerLimits, answer_schema, answer_token_budget
     from autolabel.backends.chat import EXEMPLAR_COLOR_NAME, ROUND_COLORS, build_chat
     from autolabel.images import decode_image
+    from autolabel.labeler import render_group
 
-    group, variables, keyframes = _group(group_dir, group_id, variables)
+    group, keyframes = _group(group_dir, group_id)
     names = [im.file for im in group.images]
-    p = _rendered(template_name, group, variables)
+    p = render_group(load_template(template_name), group, variables)
     images = keyframes if keyframes is not None else [decode_image(im.path, im.file) for im in group.images]
     frames, sizes = _frames(names, images, model)
     chat = build_chat(p, group, frames, frames[0].frame, [])
