@@ -8,6 +8,7 @@ for and how to get it. `.pth` files are read with `weights_only=True`, so they c
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -56,6 +57,15 @@ def resolve_pretrained(model: str, *, local_files_only: bool | None = None) -> s
         first_line = str(e).splitlines()[0] if str(e) else ""
         raise ModelNotAvailable(_missing(model, path, f"{env} and the download failed "
                                                       f"({type(e).__name__}: {first_line})")) from None
+
+
+def config_model_type(folder: str | Path) -> str | None:
+    """The `model_type` in a checkpoint folder's config.json ("" when it names none); None when
+    the folder has no config.json (not a transformers checkpoint)."""
+    config = Path(folder) / "config.json"
+    if not config.is_file():
+        return None
+    return json.loads(config.read_text()).get("model_type", "")
 
 
 def cached_snapshot(model: str) -> str | None:

@@ -369,14 +369,14 @@ def local_model_config(model: str, root: str | None) -> tuple[str | None, dict, 
 
     Looked for, without network, at the served name and at the server's `root` (vLLM reports
     the path or hub id it loaded): a local directory or a Hugging Face cache snapshot."""
-    from autolabel.loading import HUB_ID, cached_snapshot
+    from autolabel.loading import HUB_ID, cached_snapshot, config_model_type
 
     for name in dict.fromkeys(n for n in (root, model) if n):
         path = Path(name).expanduser()
         folder = str(path.resolve()) if path.is_dir() else cached_snapshot(name) if HUB_ID.match(name) else None
-        if folder is None or not (Path(folder) / "config.json").is_file():
+        model_type = config_model_type(folder) if folder is not None else None
+        if model_type is None:
             continue
-        model_type = json.loads((Path(folder) / "config.json").read_text()).get("model_type")
         image: dict = {}
         for file, key in (("preprocessor_config.json", None), ("processor_config.json", "image_processor")):
             f = Path(folder) / file
@@ -384,7 +384,7 @@ def local_model_config(model: str, root: str | None) -> tuple[str | None, dict, 
                 data = json.loads(f.read_text())
                 image = data.get(key, {}) if key else data
                 break
-        return model_type, image, folder
+        return model_type or None, image, folder
     return None, {}, None
 
 

@@ -47,15 +47,13 @@ class VideoTracker:
     """SAM 2 / SAM 3 video propagation over a streamed clip, with flat memory (see module doc)."""
 
     def __init__(self, model_id: str, path: str, *, device: str, dtype):
-        import json
-        from pathlib import Path
-
         import transformers
+
+        from autolabel.loading import config_model_type
 
         self.model_id, self.source = model_id, path
         self.device, self.dtype = device, dtype
-        config = Path(path) / "config.json"
-        model_type = json.loads(config.read_text()).get("model_type") if config.is_file() else None
+        model_type = config_model_type(path)
         if model_type == "sam3":
             raise ValueError(f"{model_id} is a SAM 3 image checkpoint (model type sam3), which holds no tracker: "
                              "track with facebook/sam3 (sam3_video) or a SAM 2.1 checkpoint "

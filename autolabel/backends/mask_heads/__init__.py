@@ -12,9 +12,7 @@ The heads import torch and their model libraries only when built, so this stays 
 
 from __future__ import annotations
 
-import json
 import re
-from pathlib import Path
 
 from autolabel.backends.mask_heads.base import MaskHead
 from autolabel.backends.mask_heads.sam3_text import Sam3TextHead
@@ -48,13 +46,12 @@ def load_mask_head(model: str, *, device: str, dtype, cache_size: int = 64,
     if pth:
         variant, file = pth
         return MASK_HEADS[PTH_HEAD](model, file, variant, device=device, dtype=dtype, cache_size=cache_size)
-    from autolabel.loading import resolve_pretrained
+    from autolabel.loading import config_model_type, resolve_pretrained
 
     path = resolve_pretrained(model, local_files_only=local_files_only)
-    config = Path(path) / "config.json"
-    if not config.is_file():
+    model_type = config_model_type(path)
+    if model_type is None:
         raise ModelNotAvailable(f"mask model {model!r}: {path} has no config.json (not a transformers checkpoint)")
-    model_type = json.loads(config.read_text()).get("model_type", "")
     if model_type == PTH_HEAD or model_type not in MASK_HEADS:
         raise AutolabelError(f"--mask-model {model}: model type {model_type!r} is not a supported mask head; "
                              f"supported: {', '.join(t for t in MASK_HEADS if t != PTH_HEAD)} via transformers, "
