@@ -33,12 +33,9 @@ VIDEO_METRICS = ("J", "F", "J&F")
 # -- per frame ---------------------------------------------------------------------------------
 def region_j(pred: np.ndarray | None, gt: np.ndarray | None) -> float:
     """Mask IoU; both empty (or missing) is a perfect 1."""
-    p = _any(pred)
-    g = _any(gt)
-    if not p and not g:
-        return 1.0
-    if not p or not g:
-        return 0.0
+    empty = _empty_score(pred, gt)
+    if empty is not None:
+        return empty
     inter = np.logical_and(pred, gt).sum()
     return float(inter / np.logical_or(pred, gt).sum())
 
@@ -46,12 +43,9 @@ def region_j(pred: np.ndarray | None, gt: np.ndarray | None) -> float:
 def boundary_f(pred: np.ndarray | None, gt: np.ndarray | None, bound_th: float = BOUND_TH) -> float:
     """Boundary F-measure: boundary pixels of each mask matched to the other's within
     ceil(bound_th * diagonal) pixels (DAVIS `f_measure`)."""
-    p = _any(pred)
-    g = _any(gt)
-    if not p and not g:
-        return 1.0
-    if not p or not g:
-        return 0.0
+    empty = _empty_score(pred, gt)
+    if empty is not None:
+        return empty
     import cv2
 
     h, w = gt.shape
@@ -74,6 +68,14 @@ def boundary(mask: np.ndarray) -> np.ndarray:
     inner = m[1:-1, 1:-1]
     interior = inner & m[:-2, 1:-1] & m[2:, 1:-1] & m[1:-1, :-2] & m[1:-1, 2:]
     return inner & ~interior
+
+
+def _empty_score(pred: np.ndarray | None, gt: np.ndarray | None) -> float | None:
+    """J and F where a mask is empty or missing (DAVIS): 1 when both are, 0 when one is; else None."""
+    p, g = _any(pred), _any(gt)
+    if p and g:
+        return None
+    return 1.0 if not p and not g else 0.0
 
 
 def _any(mask: np.ndarray | None) -> bool:
