@@ -71,7 +71,7 @@ def open_source(input: Path | None, *, manifest: Path | None = None, group_by: s
     resolver = _PathResolver(input.parent.resolve() if input.is_file() else input.resolve(), allow_outside_root)
     if input.is_dir():
         if frames:  # --frames: a folder of ordered frame images is one clip (video_source.py)
-            return _source(resolver, "frames", lambda s: frames_groups(resolver, video, s, natural_key))
+            return _source(resolver, "frames", lambda s: frames_groups(resolver, video, s))
         if pattern is not None:
             return _source(resolver, "folder-group-by", lambda s: _flat_groups(resolver, pattern, s))
         return _source(resolver, "folder", lambda s: _folder_groups(resolver, s, video))

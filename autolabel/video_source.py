@@ -13,7 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from autolabel.groups import BadGroup, ImageGroup, ImageRef
-from autolabel.images import is_image_file
+from autolabel.images import folder_images, is_image_file, natural_key
 from autolabel.video import VideoSpec, is_video_file, open_clip
 
 
@@ -32,18 +32,14 @@ def video_group(resolver, group_id: str, given: str, spec: VideoSpec, *, where: 
                       {str(k): str(v) for k, v in (variables or {}).items()}, video=spec)
 
 
-def frames_clip(resolver, folder: Path, spec: VideoSpec, stats, natural_key) -> ImageGroup | None:
-    """A folder of frame images as one clip, frames in natural order (None: it has no images)."""
+def frames_clip(resolver, folder: Path, spec: VideoSpec, stats) -> ImageGroup | None:
+    """A folder of frame images as one clip, frames listed as every command lists a folder
+    (`folder_images`: natural order, dotfiles left out); None when it has no images."""
     root = resolver.root
-    files = []
-    for f in sorted(folder.iterdir(), key=lambda p: natural_key(p.name)):
-        rel = f.relative_to(root).as_posix()
-        if f.name.startswith("."):
-            continue
-        if f.is_file() and is_image_file(f):
-            files.append(rel)
-        else:
-            stats.skipped.append((rel, "not a frame image (by its extension)"))
+    images, skipped = folder_images(folder)
+    files = [f.relative_to(root).as_posix() for f in images]
+    stats.skipped += [((folder / name).relative_to(root).as_posix(), "not a frame image (by its extension)")
+                      for name, _ in skipped]
     if not files:
         stats.skipped.append((folder.relative_to(root).as_posix() or ".", "a frames folder with no images"))
         return None
@@ -52,18 +48,18 @@ def frames_clip(resolver, folder: Path, spec: VideoSpec, stats, natural_key) -> 
                       video=replace(spec, frame_files=tuple(files)))
 
 
-def frames_groups(resolver, spec: VideoSpec, stats, natural_key) -> Iterator[ImageGroup]:
-    """`--frames`: the folder's images are one clip; if it has none, each subfolder is one.
-    `natural_key` is the source's sort key (img2 before img10)."""
+def frames_groups(resolver, spec: VideoSpec, stats) -> Iterator[ImageGroup]:
+    """`--frames`: the folder's images are one clip; if it has none, each subfolder is one
+    (subfolders in natural order, img2 before img10)."""
     root = resolver.root
     if any(is_image_file(p) and p.is_file() for p in root.iterdir()):
-        clip = frames_clip(resolver, root, spec, stats, natural_key)
+        clip = frames_clip(resolver, root, spec, stats)
         if clip is not None:
             yield clip
         return
     for entry in sorted((p for p in root.iterdir() if not p.name.startswith(".")), key=lambda p: natural_key(p.name)):
         if entry.is_dir():
-            clip = frames_clip(resolver, entry, spec, stats, natural_key)
+            clip = frames_clip(resolver, entry, spec, stats)
             if clip is not None:
                 yield clip
         else:
